@@ -1,0 +1,36 @@
+# One-command set-up, tests and the CPU demo. Everything runs inside .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.am3-setup-stamp
+MODELS := $(VENV)/am3-tiny-models
+
+.PHONY: setup test test-fast bench demo clean-venv
+
+setup: $(STAMP)
+
+# Rebuilt only when the pins or the package metadata change; otherwise `make setup` is a no-op.
+$(STAMP): pyproject.toml requirements/cpu.txt requirements/cpu-lock.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q -r requirements/cpu.txt
+	$(PIP) install -q -c requirements/cpu-lock.txt -e ".[cpu]"
+	$(PY) -m am3_verl.local.tiny_models --output_dir $(MODELS) --force
+	$(PY) -c "import verl, am3_verl.plugin as p; p.assert_loaded()"
+	touch $(STAMP)
+
+test: setup
+	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q
+
+test-fast: setup
+	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	for b in tests/benchmarks/bench_*.py; do AM3_TINY_MODELS=$(MODELS) $(PY) $$b || exit 1; done
+
+demo: setup
+	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --output_dir outputs/demo
+
+clean-venv:
+	rm -rf $(VENV)

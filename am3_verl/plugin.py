@@ -1,0 +1,34 @@
+"""verl plugin entry point (group ``verl.plugins``): registers am3-verl's extensions with verl.
+
+``import verl`` imports this module in every process that imports verl (driver, Ray workers), and
+swallows any exception it raises, so it stays light and :func:`assert_loaded` lets tests and
+``make setup`` prove the registration really happened.
+"""
+
+from __future__ import annotations
+
+from am3_verl.local import cpu_platform
+
+REGISTERED_PLATFORM = cpu_platform.PLATFORM_NAME
+
+
+def register_all() -> None:
+    """Register every am3-verl extension with verl's registries; safe to call more than once."""
+    cpu_platform.register()
+
+
+def assert_loaded() -> None:
+    """Raise ``RuntimeError`` unless verl's registries hold what :func:`register_all` registers."""
+    from verl.plugin.platform import PlatformRegistry
+
+    missing = []
+    if PlatformRegistry.get(REGISTERED_PLATFORM) is None:
+        missing.append(f"platform {REGISTERED_PLATFORM!r}")
+    if missing:
+        raise RuntimeError(
+            "am3-verl plugin not loaded by `import verl` (missing: " + ", ".join(missing) + "). "
+            "Is am3-verl installed in this environment, and is VERL_USE_EXTERNAL_PLUGINS unset or 'auto'?"
+        )
+
+
+register_all()
