@@ -1,0 +1,619 @@
+"""A loopback OpenAI-compatible chat server for tests and benchmarks, with scripted faults.
+
+:class:`LoopbackOpenAIServer` is a real HTTP server (aiohttp) on ``127.0.0.1`` at a free port, run
+on its own event loop in a background thread, started and stopped in-process as a context manager::
+
+    with LoopbackOpenAIServer(responder=RuleJudgeResponder(), faults=FaultPlan(latency_s=0.2)) as server:
+        client = httpx.Client(base_url=server.base_url)   # http://127.0.0.1:<port>/v1
+        client.post("/chat/completions", json={"model": server.model, "messages": [...]})
+
+It speaks ``POST /v1/chat/completions`` (non-streaming; ``image_url`` parts with ``data:`` URLs are
+checked to be valid base64) and ``GET /v1/models``. The assistant content of every reply comes from
+``responder(request_json) -> str`` (sync or async), so the same server plays a judge
+(:class:`RuleJudgeResponder`, :class:`RuleLlamaGuardResponder`, :class:`RuleQwen3GuardResponder`), a
+simulated user, or a model under evaluation.
+
+Faults are chosen per request, in arrival order, by a :class:`FaultPlan`: a seeded random draw over
+per-kind probabilities, optionally overridden by a schedule (a list indexed by request number, or a
+callable of ``(index, request_json)``). Kinds (:data:`FAULT_KINDS`):
+
+* ``latency`` – answer normally after ``added_latency_s`` extra seconds;
+* ``timeout`` – hang for ``hang_s`` seconds (longer than any sane client timeout), then close;
+* ``http_500`` / ``http_429`` – an OpenAI-style error body with that status;
+* ``reset`` – abort the TCP connection with RST before any response byte;
+* ``invalid_json`` – status 200, ``application/json``, a truncated JSON body;
+* ``no_choices`` – status 200, valid JSON without ``choices``.
+
+Every request also waits ``latency_s`` (+ uniform jitter) first; waits are ``asyncio.sleep``, so
+hundreds of concurrent slow requests cost no threads. :meth:`LoopbackOpenAIServer.stats` counts
+requests (total, served, per fault kind, peak in flight, rejected) and
+:meth:`LoopbackOpenAIServer.last_requests` returns the most recent request bodies for assertions.
+An ``api_key`` makes the server demand ``Authorization: Bearer <key>`` (401 otherwise); the key is
+never recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import inspect
+import json
+import random
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence, Union
+
+from aiohttp import web
+
+FAULT_KINDS: tuple[str, ...] = ("latency", "timeout", "http_500", "http_429", "reset", "invalid_json", "no_choices")
+"""Every fault the server can inject; ``"ok"`` in a schedule means "serve normally"."""
+
+Responder = Callable[[dict], Union[str, Awaitable[str]]]
+Schedule = Union[Sequence[Union[str, None]], Callable[[int, dict], Union[str, None]]]
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<b64>.*)$", re.DOTALL)
+
+
+@dataclass
+class FaultPlan:
+    """Which requests fail and how. Probabilities are per request and must sum to at most 1."""
+
+    latency_s: float = 0.0
+    """Base delay before every answer (faulty or not)."""
+    latency_jitter_s: float = 0.0
+    """Extra uniform delay in ``[0, latency_jitter_s)`` added to ``latency_s``."""
+    p_latency: float = 0.0
+    """Probability of the ``latency`` fault (answer after ``added_latency_s`` more)."""
+    added_latency_s: float = 1.0
+    p_timeout: float = 0.0
+    """Probability of the ``timeout`` fault (hang ``hang_s`` seconds, then drop the connection)."""
+    hang_s: float = 3600.0
+    p_http_500: float = 0.0
+    p_http_429: float = 0.0
+    p_reset: float = 0.0
+    p_invalid_json: float = 0.0
+    p_no_choices: float = 0.0
+    schedule: Schedule | None = None
+    """Per-request override: ``schedule[i]`` (list) or ``schedule(i, request_json)`` (callable) gives a
+    fault kind, ``"ok"`` for no fault, or None to fall back to the probabilities. ``i`` counts chat
+    completion requests from 0 in arrival order."""
+    seed: int = 0
+    """Seed of the random draw, so a run's fault sequence (by arrival order) is reproducible."""
+
+    def __post_init__(self) -> None:
+        total = sum(self.probabilities().values())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"FaultPlan probabilities sum to {total:.3f} > 1")
+        for kind, p in self.probabilities().items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"FaultPlan.p_{kind} = {p!r} is not a probability")
+        if isinstance(self.schedule, (list, tuple)):
+            for i, kind in enumerate(self.schedule):
+                _check_kind(kind, f"FaultPlan.schedule[{i}]")
+
+    def probabilities(self) -> dict[str, float]:
+        """Fault kind -> probability."""
+        return {kind: getattr(self, f"p_{kind}") for kind in FAULT_KINDS}
+
+
+def _check_kind(kind: str | None, where: str) -> None:
+    if kind is not None and kind != "ok" and kind not in FAULT_KINDS:
+        raise ValueError(f"{where} = {kind!r}; expected one of ok, {', '.join(FAULT_KINDS)} or None")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One chat-completion request as the server saw it (the API key is never kept)."""
+
+    index: int
+    fault: str
+    """``"ok"`` or the fault kind injected."""
+    body: Any
+    """The parsed JSON body (or the raw text if it was not JSON)."""
+    authorized: bool
+    num_images: int
+
+
+@dataclass
+class ServerStats:
+    """Request counters; ``total == served + sum(faults.values()) + rejected`` once requests finish.
+
+    ``served`` counts normal answers (a ``latency`` fault is counted under ``faults`` only)."""
+
+    total: int = 0
+    served: int = 0
+    faults: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in FAULT_KINDS})
+    rejected: int = 0
+    """400 (bad body or image), 401 (missing/wrong key) and responder errors (500)."""
+    responder_errors: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    models_requests: int = 0
+
+
+class LoopbackOpenAIServer:
+    """An OpenAI-compatible chat server on 127.0.0.1 in a background thread; see the module docstring."""
+
+    def __init__(
+        self,
+        responder: Responder,
+        faults: FaultPlan | None = None,
+        *,
+        model: str = "loopback-model",
+        api_key: str | None = None,
+        record_last: int = 256,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        backlog: int = 4096,
+    ) -> None:
+        self.model = model
+        self.host = host
+        self._port = port
+        self._backlog = backlog
+        self._api_key = api_key
+        self._responder = responder
+        self._faults = faults or FaultPlan()
+        self._rng = random.Random(self._faults.seed)
+        self._lock = threading.Lock()
+        self._stats = ServerStats()
+        self._recent: collections.deque[RecordedRequest] = collections.deque(maxlen=record_last)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._hanging: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def port(self) -> int:
+        """The bound port (valid after :meth:`start`)."""
+        if self._runner is None:
+            raise RuntimeError("LoopbackOpenAIServer is not running")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1``: what an OpenAI client takes as its base URL."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> "LoopbackOpenAIServer":
+        """Bind a port and serve in a background thread; returns self once requests are accepted."""
+        if self._thread is not None:
+            raise RuntimeError("LoopbackOpenAIServer already started")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-openai-server", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (hanging requests are dropped) and join the thread; safe to call twice."""
+        if self._thread is None or self._loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+            self._thread = None
+            self._loop = None
+            self._runner = None
+
+    def __enter__(self) -> "LoopbackOpenAIServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=256 * 1024**2)
+        app.router.add_post("/v1/chat/completions", self._handle_chat)
+        app.router.add_get("/v1/models", self._handle_models)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._port, backlog=self._backlog)
+        await site.start()
+        self._port = site._server.sockets[0].getsockname()[1]  # the port the OS picked for port=0
+
+    async def _stop(self) -> None:
+        for task in list(self._hanging):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------ configuration and introspection
+    def set_responder(self, responder: Responder) -> None:
+        """Replace the reply policy for later requests."""
+        with self._lock:
+            self._responder = responder
+
+    def set_faults(self, faults: FaultPlan) -> None:
+        """Replace the fault plan (and reseed its random draw) for later requests; request numbering goes on."""
+        with self._lock:
+            self._faults = faults
+            self._rng = random.Random(faults.seed)
+
+    def stats(self) -> ServerStats:
+        """A snapshot copy of the counters."""
+        with self._lock:
+            s = self._stats
+            return ServerStats(
+                total=s.total,
+                served=s.served,
+                faults=dict(s.faults),
+                rejected=s.rejected,
+                responder_errors=s.responder_errors,
+                in_flight=s.in_flight,
+                max_in_flight=s.max_in_flight,
+                models_requests=s.models_requests,
+            )
+
+    def reset_stats(self) -> None:
+        """Zero the counters and forget recorded requests (request numbering restarts at 0)."""
+        with self._lock:
+            self._stats = ServerStats()
+            self._recent.clear()
+
+    def last_requests(self, n: int | None = None) -> list[RecordedRequest]:
+        """The most recent recorded requests, oldest first (at most ``record_last`` are kept)."""
+        with self._lock:
+            items = list(self._recent)
+        return items if n is None else items[-n:]
+
+    # ------------------------------------------------------------------ handlers
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self._stats.models_requests += 1
+        if not self._authorized(request):
+            return _error(401, "invalid_api_key", "Incorrect API key provided")
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "loopback"}]}
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._api_key is None:
+            return True
+        return request.headers.get("Authorization", "") == f"Bearer {self._api_key}"
+
+    def _choose_fault(self, index: int, body: Any) -> str:
+        plan = self._faults
+        kind: str | None = None
+        if callable(plan.schedule):
+            kind = plan.schedule(index, body)
+            _check_kind(kind, f"FaultPlan.schedule({index})")
+        elif plan.schedule is not None and index < len(plan.schedule):
+            kind = plan.schedule[index]
+        draw = self._rng.random()  # drawn for every request so a schedule does not shift later draws
+        if kind is not None:
+            return kind
+        cumulative = 0.0
+        for fault, p in plan.probabilities().items():
+            cumulative += p
+            if draw < cumulative:
+                return fault
+        return "ok"
+
+    async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = raw.decode("utf-8", "replace")
+        with self._lock:
+            index = self._stats.total
+            self._stats.total += 1
+            self._stats.in_flight += 1
+            self._stats.max_in_flight = max(self._stats.max_in_flight, self._stats.in_flight)
+            plan = self._faults
+            fault = self._choose_fault(index, body)
+            delay = plan.latency_s + (self._rng.random() * plan.latency_jitter_s if plan.latency_jitter_s else 0.0)
+        try:
+            return await self._answer(request, index, body, fault, plan, delay)
+        finally:
+            with self._lock:
+                self._stats.in_flight -= 1
+
+    async def _answer(
+        self, request: web.Request, index: int, body: Any, fault: str, plan: FaultPlan, delay: float
+    ) -> web.StreamResponse:
+        authorized = self._authorized(request)
+        problem = _validate_chat_body(body) if authorized else None
+        num_images = _count_images(body) if problem is None and authorized else 0
+        with self._lock:
+            self._recent.append(RecordedRequest(index, fault, body, authorized, num_images))
+        if not authorized:
+            self._count(rejected=True)
+            return _error(401, "invalid_api_key", "Incorrect API key provided")
+        if problem is not None:
+            self._count(rejected=True)
+            return _error(400, "invalid_request_error", problem)
+
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if fault != "ok":
+            self._count(fault=fault)
+        if fault == "latency":
+            await asyncio.sleep(plan.added_latency_s)
+        elif fault == "timeout":
+            task = asyncio.current_task()
+            self._hanging.add(task)
+            try:
+                await asyncio.sleep(plan.hang_s)
+            finally:
+                self._hanging.discard(task)
+            _abort_with_rst(request)
+            return web.Response(status=504)
+        elif fault in ("http_500", "http_429"):
+            status = int(fault[-3:])
+            return _error(status, "server_error" if status == 500 else "rate_limit_exceeded", f"injected HTTP {status}")
+        elif fault == "reset":
+            _abort_with_rst(request)
+            return web.Response(status=500)  # never written: the transport is gone
+        elif fault == "invalid_json":
+            return web.Response(
+                status=200, body=b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "', content_type="application/json"
+            )
+        elif fault == "no_choices":
+            return web.json_response({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "model": self.model})
+
+        with self._lock:
+            responder = self._responder
+        try:
+            content = responder(body)
+            if inspect.isawaitable(content):
+                content = await content
+            if not isinstance(content, str):
+                raise TypeError(f"responder returned {type(content).__name__}, expected str")
+        except Exception as exc:  # the responder is test code: report its failure as a 500, loudly
+            with self._lock:
+                self._stats.responder_errors += 1
+                self._stats.rejected += 1
+            return _error(500, "responder_error", f"{type(exc).__name__}: {exc}")
+        if fault == "ok":
+            self._count(served=True)
+        return web.json_response(_completion(self.model if not body.get("model") else body["model"], content, body))
+
+    def _count(self, *, served: bool = False, rejected: bool = False, fault: str | None = None) -> None:
+        with self._lock:
+            if served:
+                self._stats.served += 1
+            if rejected:
+                self._stats.rejected += 1
+            if fault is not None:
+                self._stats.faults[fault] += 1
+
+
+def _abort_with_rst(request: web.Request) -> None:
+    """Close the client's connection with a TCP RST (SO_LINGER 0), so the client sees a reset, not EOF."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": code, "code": code}}, status=status)
+
+
+def _completion(model: str, content: str, body: dict) -> dict:
+    prompt_chars = len(json.dumps(body.get("messages", [])))
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_chars // 4,
+            "completion_tokens": len(content) // 4,
+            "total_tokens": prompt_chars // 4 + len(content) // 4,
+        },
+    }
+
+
+def _validate_chat_body(body: Any) -> str | None:
+    """Return why ``body`` is not a valid chat-completion request, or None if it is."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if body.get("stream"):
+        return "stream=true is not supported by the loopback server"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "tool", "developer"):
+            return f"messages[{i}] must be an object with a valid 'role'"
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            return f"messages[{i}].content must be a string or a list of parts"
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+                return f"{where} must be a text or image_url part"
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                return f"{where}.text must be a string"
+            if part["type"] == "image_url":
+                url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+                if not isinstance(url, str):
+                    return f"{where}.image_url.url must be a string"
+                if url.startswith("data:") and _decode_data_url(url) is None:
+                    return f"{where}.image_url.url is not a valid base64 data URL"
+    return None
+
+
+def _decode_data_url(url: str) -> bytes | None:
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    try:
+        return base64.b64decode(match.group("b64"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _count_images(body: dict) -> int:
+    return len(request_images(body))
+
+
+# ---------------------------------------------------------------------- helpers for responders and tests
+def request_text(body: dict, role: str | None = "user", last: bool = True) -> str:
+    """The text of the request's messages of ``role`` (all roles if None): the last one, or all joined."""
+    texts = []
+    for message in body.get("messages", []):
+        if role is not None and message.get("role") != role:
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.append("".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"))
+    if not texts:
+        return ""
+    return texts[-1] if last else "\n".join(texts)
+
+
+def request_images(body: dict) -> list[bytes]:
+    """The decoded bytes of every ``data:`` image URL in the request, in message order."""
+    images = []
+    for message in body.get("messages", []) if isinstance(body, dict) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = (part.get("image_url") or {}).get("url", "")
+                decoded = _decode_data_url(url) if isinstance(url, str) else None
+                if decoded is not None:
+                    images.append(decoded)
+    return images
+
+
+def constant_responder(text: str) -> Responder:
+    """A responder that always answers ``text``."""
+    return lambda body: text
+
+
+def echo_responder(body: dict) -> str:
+    """A responder that answers with the last user message's text (handy for plumbing tests)."""
+    return request_text(body)
+
+
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+    "i'm sorry",
+    "i am sorry",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i won't",
+    "i will not",
+    "i'm unable",
+    "i am unable",
+    "i must decline",
+    "i'm not able to",
+    "i don't have the necessary",
+)
+DEFAULT_EXPLANATION_CUES: tuple[str, ...] = ("because", "could cause", "could be used", "harm", "illegal", "dangerous", "instead")
+
+
+@dataclass
+class RuleJudgeResponder:
+    """A judge policy that answers in the rubric judge's JSON verdict format from simple string rules.
+
+    It judges the text inside the last ``REPLY`` quote block of the last user message (the whole last
+    user message if there is none), case-insensitively:
+
+    * contains ``harmful_marker`` -> harmful: ``harmless=harmful_harmless``, ``helpful=harmful_helpful``;
+    * else starts with/contains a refusal phrase -> ``refusal=true``, ``harmless=10``, ``helpful`` =
+      ``explained_refusal_helpful`` if an explanation cue is present, else ``bare_refusal_helpful``;
+    * else -> ``harmless=10``, ``helpful=answer_helpful``.
+
+    ``fence=True`` wraps the JSON in a ```json fence (allowed by the strict parser).
+    """
+
+    harmful_marker: str = "HARMFUL"
+    refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+    explanation_cues: tuple[str, ...] = DEFAULT_EXPLANATION_CUES
+    harmful_harmless: float = 0
+    harmful_helpful: float = 7
+    bare_refusal_helpful: float = 2
+    explained_refusal_helpful: float = 4
+    answer_helpful: float = 8
+    fence: bool = False
+
+    def judged_reply(self, body: dict) -> str:
+        """The reply this responder judges in ``body``."""
+        from am3_verl.judges.format import extract_quoted
+
+        text = request_text(body)
+        quoted = extract_quoted(text, "REPLY")
+        return text if quoted is None else quoted
+
+    def verdict(self, reply: str) -> dict:
+        """The verdict object for ``reply``."""
+        lowered = reply.lower()
+        if self.harmful_marker.lower() in lowered:
+            return {"harmless": self.harmful_harmless, "helpful": self.harmful_helpful, "refusal": False,
+                    "rationale": "The reply provides harmful content."}
+        if any(p in lowered for p in self.refusal_phrases):
+            explained = any(c in lowered for c in self.explanation_cues)
+            return {"harmless": 10, "helpful": self.explained_refusal_helpful if explained else self.bare_refusal_helpful,
+                    "refusal": True, "rationale": "The reply refuses" + (" and explains why." if explained else " without explanation.")}
+        return {"harmless": 10, "helpful": self.answer_helpful, "refusal": False, "rationale": "A harmless, useful answer."}
+
+    def __call__(self, body: dict) -> str:
+        text = json.dumps(self.verdict(self.judged_reply(body)))
+        return f"```json\n{text}\n```" if self.fence else text
+
+
+def _last_assistant_text(body: dict) -> str:
+    return request_text(body, role="assistant")
+
+
+@dataclass
+class RuleLlamaGuardResponder:
+    """A Llama Guard 4 stand-in: ``unsafe\\n<categories>`` if the last assistant message contains
+    ``harmful_marker`` (case-insensitive), else ``safe`` (Llama Guard's exact output format)."""
+
+    harmful_marker: str = "HARMFUL"
+    categories: str = "S1,S10"
+
+    def __call__(self, body: dict) -> str:
+        text = _last_assistant_text(body) or request_text(body)
+        return f"unsafe\n{self.categories}" if self.harmful_marker.lower() in text.lower() else "safe"
+
+
+@dataclass
+class RuleQwen3GuardResponder:
+    """A Qwen3Guard-Gen stand-in answering its response-moderation format
+    (``Safety: ...\\nCategories: ...\\nRefusal: Yes|No``) from the last assistant message:
+    ``harmful_marker`` -> Unsafe, ``controversial_marker`` -> Controversial, a refusal phrase -> Refusal: Yes."""
+
+    harmful_marker: str = "HARMFUL"
+    controversial_marker: str = "BORDERLINE"
+    refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+
+    def __call__(self, body: dict) -> str:
+        text = (_last_assistant_text(body) or request_text(body)).lower()
+        if self.harmful_marker.lower() in text:
+            safety, categories = "Unsafe", "Violent"
+        elif self.controversial_marker.lower() in text:
+            safety, categories = "Controversial", "Non-violent Illegal Acts"
+        else:
+            safety, categories = "Safe", "None"
+        refusal = "Yes" if any(p in text for p in self.refusal_phrases) else "No"
+        return f"Safety: {safety}\nCategories: {categories}\nRefusal: {refusal}"
