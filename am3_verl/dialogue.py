@@ -130,3 +130,31 @@ class RefusalSample(BaseModel):
         if not value.strip():
             raise ValueError("empty")
         return value
+
+
+class AssistantTurnRecord(BaseModel):
+    """What the dialogue environment records for one assistant turn of a rollout.
+
+    The agent loop writes a list of these (as plain dicts, ``model_dump()``) to
+    ``extra_fields["am3_turns"]``; verl merges ``extra_fields`` into the reward function's
+    ``extra_info``, where the judges read them. Turn ``t``'s context is every earlier record.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    turn: int
+    """0-based index of the assistant turn in the dialogue."""
+    user_text: str
+    """The user message this turn answers, with one ``<image>`` placeholder per image."""
+    user_images: list[bytes] = Field(default_factory=list)
+    """The user message's images as encoded file bytes (PNG/JPEG), in placeholder order."""
+    reply: str
+    """The policy's reply, decoded without special tokens."""
+    span: tuple[int, int]
+    """``[start, end)`` of the reply's policy tokens (mask 1) in the response token ids."""
+    truncated: bool = False
+    """The reply stopped because the token budget ran out, not at end-of-turn."""
+    empty: bool = False
+    """The reply has no visible text."""
+    user_source: Literal["dataset", "simulator"] = "dataset"
+    """Where the user message came from."""

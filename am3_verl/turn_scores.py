@@ -18,13 +18,13 @@ The path of the scores, end to end (V1 trainer, streaming reward):
 Token layout of one response row (turns are the maximal runs of ``response_mask == 1``):
 
 * ``s_t`` sits on the turn's **last** policy token;
-* ``h_t`` sits on the turn's **first** policy token, or, for a one-token turn, on the position right
-  after it (a mask-0 user/boundary token or right padding). The agent loop always leaves that position
-  free: it never lets a turn end on the row's last slot.
-* A turn whose judge failed carries ``-0.0`` on both positions. ``-0.0`` adds as zero, so any code that
+* ``h_t`` sits on the position **right after** the turn: the first token of the next user message, or,
+  after the final reply, the one slot token (mask 0) that the dialogue environment always appends. So
+  the two never collide, whatever the turn's length (one-token turns included);
+* a turn whose judge failed carries ``-0.0`` on both positions. ``-0.0`` adds as zero, so code that
   only sums the row (plain ``grpo``, verl's score metrics) sees a failed turn as contributing nothing,
-  while :func:`decode_batch` tells it apart from a genuine score of 0 by its sign bit.
-* Every other position is 0.
+  while :func:`decode_batch` tells it apart from a genuine score of 0 by its sign bit;
+* every other position is 0.
 
 So the row sums to ``sum_t (s_t + h_t)`` over judged turns: plain ``algorithm.adv_estimator=grpo`` on
 the same data optimises the uniform-weight dual-objective reward (beta = 1). ``use_kl_in_reward`` must
@@ -121,7 +121,7 @@ def encode_row(response_mask: Sequence[int] | torch.Tensor, scores: TurnScores, 
 
     ``response_mask`` is the agent loop's mask (1 = policy token); ``length`` pads the row (default: the
     mask's length). Raises ``ValueError`` when the number of policy-token runs differs from the number of
-    scored turns, or when a one-token turn has no free position after it.
+    scored turns, or when a turn ends on the row's last position (no slot for its helpfulness score).
     """
     mask = response_mask.tolist() if isinstance(response_mask, torch.Tensor) else list(response_mask)
     length = len(mask) if length is None else length
@@ -130,9 +130,9 @@ def encode_row(response_mask: Sequence[int] | torch.Tensor, scores: TurnScores, 
         raise ValueError(f"encode_row: response has {len(spans)} assistant turns but {len(scores)} scored turns")
     row = torch.zeros(length, dtype=torch.float32)
     for t, (start, end) in enumerate(spans):
-        h_pos = start if end - start >= 2 else end
+        h_pos = end
         if h_pos >= length:
-            raise ValueError(f"encode_row: one-token turn {t} ends on the row's last position; no slot for its score")
+            raise ValueError(f"encode_row: turn {t} ends on the row's last position; no slot for its helpfulness score")
         if scores.failed[t]:
             row[end - 1] = -0.0
             row[h_pos] = -0.0
@@ -168,11 +168,17 @@ def decode_batch(token_level_rewards: torch.Tensor, response_mask: torch.Tensor)
     num_turns = starts.sum(dim=1)
     max_turns = int(num_turns.max().item()) if batch else 0
 
-    rows, start_pos = starts.nonzero(as_tuple=True)  # row-major: sorted by row, then position
+    rows, _ = starts.nonzero(as_tuple=True)  # row-major: sorted by row, then position
     _, end_pos = ends.nonzero(as_tuple=True)
     first_of_row = torch.cumsum(num_turns, 0) - num_turns
     turn_idx = torch.arange(rows.numel(), device=rows.device) - first_of_row[rows]
-    h_pos = torch.where(end_pos > start_pos, start_pos, (end_pos + 1).clamp(max=length - 1))
+    if bool((end_pos == length - 1).any()):
+        row = int(rows[end_pos == length - 1][0])
+        raise ValueError(
+            f"decode_batch: row {row} has a turn ending on the last position, so it carries no helpfulness "
+            "slot; rows must come from the am3 dialogue environment (see am3_verl.turn_scores)"
+        )
+    h_pos = end_pos + 1
 
     s_val = token_level_rewards[rows, end_pos].float()
     h_val = token_level_rewards[rows, h_pos].float()

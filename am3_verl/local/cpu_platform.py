@@ -49,7 +49,9 @@ def _make_platform_class():
 
         @property
         def device_module(self) -> ModuleType:
-            return torch.cpu
+            from am3_verl.local import cpu_device
+
+            return cpu_device
 
         def is_available(self) -> bool:
             return True
@@ -58,8 +60,9 @@ def _make_platform_class():
             # Never auto-detected: only an explicit VERL_PLATFORM=cpu selects it.
             return cpu_platform_selected()
 
-        def current_device(self) -> int:
-            return 0
+        def current_device(self) -> str:
+            # verl passes this straight to ``.to()`` / ``torch.device()``; an int would mean cuda:N.
+            return "cpu"
 
         def device_count(self) -> int:
             return 1

@@ -1,0 +1,92 @@
+"""The local generation backend honours verl's server-manager contract with correct log-probs."""
+
+import asyncio
+
+import pytest
+import torch
+from PIL import Image
+from verl.workers.rollout.replica import TokenOutput
+
+from am3_verl.local.generation import load_local_client
+
+CHAT = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A red square."}]},
+    {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image"}]},
+]
+IMAGES = [Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (90, 60), (10, 200, 10))]
+
+
+def _prompt(client):
+    text = client.processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    return client.processor(text=[text], images=IMAGES, return_tensors="pt")
+
+
+def _teacher_forced_log_probs(client, inputs, token_ids, temperature):
+    full = torch.tensor([inputs["input_ids"][0].tolist() + token_ids])
+    vision = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    if "mm_token_type_ids" in vision:
+        pad = torch.zeros(1, len(token_ids), dtype=torch.long)
+        vision["mm_token_type_ids"] = torch.cat([vision["mm_token_type_ids"], pad], dim=1)
+    with torch.no_grad():
+        logits = client.model(input_ids=full, attention_mask=torch.ones_like(full), **vision).logits[0].float()
+    start = inputs["input_ids"].shape[1] - 1
+    log_probs = torch.log_softmax(logits[start:-1] / temperature, dim=-1)
+    return log_probs.gather(-1, torch.tensor(token_ids)[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_are_those_of_the_sampled_tokens(tiny_models_dir, name, temperature):
+    client = load_local_client(str(tiny_models_dir / name), seed=0, global_steps=3)
+    inputs = _prompt(client)
+    output = asyncio.run(
+        client.generate(
+            "req-1",
+            prompt_ids=inputs["input_ids"][0].tolist(),
+            sampling_params={"temperature": temperature, "top_p": 1.0, "top_k": -1, "max_tokens": 6, "logprobs": True},
+            image_data=IMAGES,
+        )
+    )
+    assert isinstance(output, TokenOutput)
+    assert len(output.token_ids) == len(output.log_probs) == 6
+    expected = _teacher_forced_log_probs(client, inputs, output.token_ids, temperature)
+    assert torch.allclose(torch.tensor(output.log_probs), expected, atol=1e-4)
+    assert output.extra_fields["min_global_steps"] == output.extra_fields["max_global_steps"] == 3
+    call = client.calls[-1]
+    assert call.num_images == 2 and call.image_tokens == call.image_features > 0
+
+
+def test_greedy_is_deterministic_and_scored_at_temperature_one(tiny_qwen_dir):
+    client = load_local_client(str(tiny_qwen_dir))
+    inputs = _prompt(client)
+    params = {"temperature": 0.0, "max_tokens": 5}
+    ids = inputs["input_ids"][0].tolist()
+    first = asyncio.run(client.generate("a", prompt_ids=ids, sampling_params=params, image_data=IMAGES))
+    second = asyncio.run(client.generate("b", prompt_ids=ids, sampling_params=params, image_data=IMAGES))
+    assert first.token_ids == second.token_ids
+    expected = _teacher_forced_log_probs(client, inputs, first.token_ids, 1.0)
+    assert torch.allclose(torch.tensor(first.log_probs), expected, atol=1e-4)
+
+
+def test_stops_after_the_end_of_turn_token(tiny_qwen_dir):
+    client = load_local_client(str(tiny_qwen_dir))
+    eos = client.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    bias = torch.zeros(client.model.config.text_config.vocab_size)
+    bias[eos] = 100.0  # make the tiny model choose <|im_end|> first
+    client.model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    ids = client.tokenizer("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    output = asyncio.run(client.generate("c", prompt_ids=ids, sampling_params={"temperature": 1.0, "max_tokens": 8}))
+    assert output.token_ids == [eos]
+    assert output.log_probs[0] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_image_token_mismatch_is_a_clear_error(tiny_qwen_dir):
+    client = load_local_client(str(tiny_qwen_dir))
+    inputs = _prompt(client)
+    with pytest.raises(ValueError, match="image tokens but the 1 image"):
+        asyncio.run(
+            client.generate("d", prompt_ids=inputs["input_ids"][0].tolist(), sampling_params={"max_tokens": 2}, image_data=IMAGES[:1])
+        )
+    with pytest.raises(ValueError, match="no image_data"):
+        asyncio.run(client.generate("e", prompt_ids=inputs["input_ids"][0].tolist(), sampling_params={"max_tokens": 2}))

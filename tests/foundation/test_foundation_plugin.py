@@ -1,0 +1,46 @@
+"""verl swallows plugin import errors, so prove in fresh interpreters that `import verl` loads ours."""
+
+import os
+import subprocess
+import sys
+
+PROBE = (
+    "import verl\n"
+    "from verl.plugin.platform import PlatformRegistry\n"
+    "print('cpu' in PlatformRegistry.registered_names())\n"
+)
+
+
+def _run(code: str, **env_overrides: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    env.update(env_overrides)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_import_verl_loads_the_am3_plugin():
+    assert _run(PROBE) == "True"
+
+
+def test_registration_comes_from_the_entry_point():
+    # With discovery disabled nothing registers the platform: the entry point is what loads us.
+    assert _run(PROBE, VERL_USE_EXTERNAL_PLUGINS="none") == "False"
+
+
+def test_entry_point_is_declared():
+    code = (
+        "from importlib.metadata import entry_points\n"
+        "print(sorted(ep.value for ep in entry_points(group='verl.plugins')))\n"
+    )
+    assert "am3_verl.plugin" in _run(code)
+
+
+def test_assert_loaded_reports_a_missing_registration():
+    code = (
+        "from verl.plugin.platform import PlatformRegistry\n"
+        "import am3_verl.plugin as p\n"
+        "PlatformRegistry._platforms.pop('cpu')\n"
+        "try:\n    p.assert_loaded()\nexcept RuntimeError as e:\n    print('raised:' + str(e)[:40])\n"
+    )
+    assert _run(code).startswith("raised:am3-verl plugin not loaded")
