@@ -1,0 +1,228 @@
+"""The conversion loop shared by the converters: chunks of records through a process pool, in order.
+
+* :func:`ordered_map` – runs a function over chunks on ``workers`` processes and yields results in
+  submission order, with a bounded number of chunks in flight (memory stays flat whatever the input size).
+* :class:`ChunkResult` – what a worker returns for one chunk: one Arrow batch per output, the rejects,
+  and the per-record outcome sequence.
+* :class:`RowBuilder` – collects converted rows inside a worker and turns them into Arrow batches.
+* :class:`ParquetSink` – writes batches to a parquet file in fixed-size row groups with fixed writer
+  settings, so the file is byte-for-byte the same for the same rows.
+
+Chunks are formed from the input order with a fixed size, and rows are written in input order, so the
+output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from am3_verl.data.validate import Reject, RejectWriter
+
+REJECTED = "reject"
+"""The outcome name of a rejected record."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+IMAGE_TYPE = pa.list_(pa.struct([pa.field("bytes", pa.binary())]))
+"""A list of ``{"bytes": ...}`` images, the form verl's datasets read."""
+MESSAGES_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+"""A chat: a list of ``{"role", "content"}`` messages."""
+
+PARQUET_SETTINGS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": False,
+    "write_statistics": False,
+    "version": "2.6",
+    "data_page_version": "1.0",
+}
+"""Writer settings used for every output (and by the benchmark's floor): fixed, so output is reproducible."""
+
+
+def default_workers() -> int:
+    """The number of CPUs this process may use (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], workers: int, max_in_flight: int | None = None) -> Iterator[R]:
+    """``map(fn, chunks)`` on ``workers`` processes, results in order, at most ``max_in_flight`` pending.
+
+    ``workers <= 1`` runs in this process. ``fn`` must be picklable (a module-level function or a
+    ``functools.partial`` of one). A worker exception is raised here, with pending work cancelled.
+    """
+    if workers <= 1:
+        yield from map(fn, chunks)
+        return
+    limit = max_in_flight or 3 * workers
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(fn, chunk))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+@dataclass
+class ChunkResult:
+    """A worker's answer for one chunk of records."""
+
+    batches: dict[str, pa.RecordBatch]
+    """Converted rows per output name (only outputs that got rows)."""
+    rejects: list[Reject]
+    """One per rejected record, in input order."""
+    outcomes: list[tuple[int, str]]
+    """Per input record, in order: ``(position, output name)``, the name being ``"reject"`` for a reject."""
+    images: int = 0
+    """Images stored."""
+    resized: int = 0
+    """Images shrunk to the max-pixels bound."""
+
+
+@dataclass
+class RowBuilder:
+    """Collects rows per output inside a worker; :meth:`result` packs them into a :class:`ChunkResult`."""
+
+    schemas: dict[str, pa.Schema]
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
+    outcomes: list[tuple[int, str]] = field(default_factory=list)
+    images: int = 0
+    resized: int = 0
+
+    def add(self, position: int, output: str, row: dict[str, Any]) -> None:
+        """Record the converted row of input record ``position`` for ``output``."""
+        self.rows.setdefault(output, []).append(row)
+        self.outcomes.append((position, output))
+
+    def also(self, output: str, row: dict[str, Any]) -> None:
+        """Add a second form of the record just added (e.g. an eval copy) without counting it again."""
+        self.rows.setdefault(output, []).append(row)
+
+    def reject(self, reject: Reject) -> None:
+        """Record a rejected record."""
+        self.rejects.append(reject)
+        self.outcomes.append((reject.position, REJECTED))
+
+    def result(self) -> ChunkResult:
+        """The chunk's batches (built against the fixed schemas), rejects and outcomes."""
+        batches = {name: pa.RecordBatch.from_pylist(rows, schema=self.schemas[name]) for name, rows in self.rows.items()}
+        return ChunkResult(batches, self.rejects, self.outcomes, self.images, self.resized)
+
+
+class ParquetSink:
+    """A parquet file written in row groups of ``row_group_rows`` rows with :data:`PARQUET_SETTINGS`."""
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 256):
+        self.path = path
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._writer = pq.ParquetWriter(str(path), schema, **PARQUET_SETTINGS)
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Queue rows; full row groups are written as soon as they are complete."""
+        batches: Sequence[pa.RecordBatch] = batch.to_batches() if isinstance(batch, pa.Table) else [batch]
+        for item in batches:
+            if item.num_rows:
+                self._pending.append(item)
+                self._pending_rows += item.num_rows
+                self.rows += item.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending_rows:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        full = (table.num_rows // self.row_group_rows) * self.row_group_rows
+        cut = table.num_rows if final else full
+        if cut:
+            self._writer.write_table(table.slice(0, cut), row_group_size=self.row_group_rows)
+        rest = table.slice(cut)
+        self._pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> None:
+        """Write what is left and close the file."""
+        self._flush(final=True)
+        self._writer.close()
+
+
+@dataclass
+class RunCounts:
+    """What a conversion consumed and produced; ``read == sum(written.values()) + rejected`` always."""
+
+    read: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    images: int = 0
+    resized: int = 0
+
+    def check(self) -> None:
+        """Raise if a record went missing: read must equal written + rejected."""
+        total = sum(self.written.values()) + self.rejected
+        if self.read != total:
+            raise RuntimeError(f"record count mismatch: read {self.read} != written {total - self.rejected} + rejected {self.rejected}")
+
+
+def drive(
+    results: Iterable[ChunkResult],
+    sinks: dict[str, ParquetSink],
+    rejects: RejectWriter,
+    progress: Any = None,
+    on_outcome: Callable[[int, str], None] | None = None,
+) -> RunCounts:
+    """Consume chunk results in order: batches to their sinks, rejects to the rejects file, counts updated."""
+    counts = RunCounts()
+    for result in results:
+        for name, batch in result.batches.items():
+            sinks[name].write(batch)
+        for reject in result.rejects:
+            rejects.write(reject)
+        for position, name in result.outcomes:
+            counts.read += 1
+            if name == REJECTED:
+                counts.rejected += 1
+            else:
+                counts.written[name] = counts.written.get(name, 0) + 1
+            if on_outcome is not None:
+                on_outcome(position, name)
+        counts.images += result.images
+        counts.resized += result.resized
+        if progress is not None:
+            progress.update(len(result.outcomes))
+    return counts

@@ -1,0 +1,9 @@
+"""Thin command line over :mod:`am3_verl.data.cold_start`; ``--help`` lists every flag (docs/data.md explains them)."""
+
+import sys
+
+from am3_verl.data.cli import run_command
+from am3_verl.data.cold_start import main
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
