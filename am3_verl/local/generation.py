@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -42,32 +42,41 @@ class GenerationCall:
     num_generated: int
 
 
-@dataclass
 class LocalGenerationClient:
     """In-process stand-in for verl's ``LLMServerClient`` backed by a Hugging Face VLM on the CPU.
 
     ``model`` and ``processor`` are a loaded ``*ForConditionalGeneration`` and its processor (the
     tokenizer is ``processor.tokenizer``). ``default_max_tokens`` mirrors verl's behaviour of defaulting
     ``max_tokens`` to the whole ``response_length`` when a caller passes none. Calls are serialised on one
-    lock (one model) and run off the event loop.
+    lock (one model) and run off the event loop. ``seed`` makes the sampled tokens reproducible.
+    (A plain class, not a dataclass: hydra would turn a dataclass into a config when verl passes it to
+    ``instantiate``.)
     """
 
-    model: Any
-    processor: Any
-    default_max_tokens: int = 256
-    global_steps: int = 0
-    seed: Optional[int] = None
-    calls: list[GenerationCall] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, model: Any, processor: Any, default_max_tokens: int = 256, global_steps: int = 0, seed: Optional[int] = None):
+        self.model = model
+        self.processor = processor
+        self.default_max_tokens = default_max_tokens
+        self.global_steps = global_steps
+        self.seed = seed
+        self.calls: list[GenerationCall] = []
         self._lock = threading.Lock()
-        self._generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.image_token_id = getattr(self.model.config, "image_token_id", None)
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_token_id = getattr(model.config, "image_token_id", None)
         if self.image_token_id is None:
-            self.image_token_id = getattr(self.model.config, "image_token_index", None)
-        eos = self.model.generation_config.eos_token_id
+            self.image_token_id = getattr(model.config, "image_token_index", None)
+        eos = model.generation_config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock")  # locks do not pickle; Ray ships the client to its actor
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     async def generate(
         self,
@@ -170,3 +179,36 @@ def load_local_client(model_path: str, **kwargs: Any) -> LocalGenerationClient:
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     return LocalGenerationClient(model=model, processor=processor, **kwargs)
+
+
+class CannedGenerationClient:
+    """A generation backend that answers instantly from a script, for tests and overhead benchmarks.
+
+    ``replies`` is a list of token-id lists served in call order (cycling), or a callable
+    ``(call_index, prompt_ids, max_tokens) -> token_ids``. Each reply is cut to ``max_tokens``; log-probs
+    are a constant ``log_prob``. It honours the same ``generate`` contract as verl's server manager.
+    """
+
+    def __init__(self, replies: Any, log_prob: float = -0.5, global_steps: int = 0):
+        self.replies = replies
+        self.log_prob = log_prob
+        self.global_steps = global_steps
+        self.calls: list[dict[str, Any]] = []
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], image_data: Optional[list[Any]] = None, **kwargs: Any) -> TokenOutput:
+        """Serve the next scripted reply (cut to ``sampling_params["max_tokens"]``)."""
+        index = len(self.calls)
+        max_tokens = int(sampling_params.get("max_tokens") or 1 << 30)
+        if callable(self.replies):
+            token_ids = list(self.replies(index, prompt_ids, max_tokens))
+        else:
+            token_ids = list(self.replies[index % len(self.replies)])
+        token_ids = token_ids[:max_tokens]
+        self.calls.append({"prompt_length": len(prompt_ids), "num_images": len(image_data or []), "max_tokens": max_tokens})
+        steps = self.global_steps
+        return TokenOutput(
+            token_ids=token_ids,
+            log_probs=[self.log_prob] * len(token_ids),
+            stop_reason="completed",
+            extra_fields={"global_steps": steps, "min_global_steps": steps, "max_global_steps": steps},
+        )
