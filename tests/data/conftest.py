@@ -1,37 +1,13 @@
-"""Helpers for the data-preparation tests: a writable copy of the sample data and small image/record makers."""
+"""Fixtures for the data-preparation tests: a writable copy of the sample data, a private `datasets` cache."""
 
 from __future__ import annotations
 
-import io
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
-from PIL import Image
 
 from am3_verl.data.sample import SAMPLE_DIR
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
-    """A small solid-colour PNG."""
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_jsonl(path: Path, records: list[Any]) -> Path:
-    """Write ``records`` one JSON value a line (strings are written as raw lines)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
-    return path
-
-
-def read_rejects(path: Path) -> list[dict[str, Any]]:
-    """The rows of a rejects.jsonl file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture
