@@ -79,7 +79,7 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], workers: int, max_in_
         yield from map(fn, chunks)
         return
     limit = max_in_flight or 3 * workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
         pending: deque[Future[R]] = deque()
         try:
             for chunk in chunks:
@@ -92,6 +92,22 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], workers: int, max_in_
             for future in pending:
                 future.cancel()
             raise
+
+
+_PRELOAD = ["am3_verl.data.intersafe_v", "am3_verl.data.cold_start", "am3_verl.data.safemt"]
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Fresh worker processes that never inherit this process's threads (torch, pyarrow pools).
+
+    ``forkserver`` where available: its server imports the converters once, then forks each worker
+    from that clean state (fast); ``spawn`` elsewhere.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 @dataclass
