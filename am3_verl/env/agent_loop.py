@@ -291,7 +291,7 @@ class DialogueAgentLoop(AgentLoopBase):
 
     async def _append_user_turn(self, state: _Dialogue, user_turn: UserTurn) -> bool:
         """Merge the user turn if it fits (image spans whole); False (and flags) when it does not."""
-        message = await self._user_message(user_turn)
+        message = self._user_message(user_turn)
         new_images = [block["image"] for block in message["content"] if block.get("type") == "image"]
         self._assert_mm_supported(bool(new_images))
         updated = state.messages + [message]
@@ -314,8 +314,13 @@ class DialogueAgentLoop(AgentLoopBase):
         state.diagnostics.user_turns += 1
         return True
 
-    async def _user_message(self, user_turn: UserTurn) -> dict[str, Any]:
-        """An OpenAI-style user message with image blocks, images resized like the dataset's first turn."""
+    @staticmethod
+    def _user_message(user_turn: UserTurn) -> dict[str, Any]:
+        """An OpenAI-style user message with one image block per ``<image>`` placeholder.
+
+        Like verl's ``ToolAgentLoop`` with tool images, the decoded images go to the processor as they
+        are; its own min/max pixel bounds size them (identically at rollout and at training).
+        """
         pil_images = iter(user_turn.pil_images())
         content: list[dict[str, Any]] = []
         for segment in re.split(f"({re.escape(IMAGE_PLACEHOLDER)})", user_turn.text):
@@ -323,13 +328,7 @@ class DialogueAgentLoop(AgentLoopBase):
                 content.append({"type": "image", "image": next(pil_images)})
             elif segment:
                 content.append({"type": "text", "text": segment})
-        message = {"role": "user", "content": content}
-        if user_turn.images:
-            processed = (await self.process_multi_modal_info([message])).get("images") or []
-            blocks = (block for block in content if block["type"] == "image")
-            for block, image in zip(blocks, processed, strict=True):
-                block["image"] = image
-        return message
+        return {"role": "user", "content": content}
 
     @staticmethod
     def _merge_server_extra_fields(state: _Dialogue, extra_fields: dict[str, Any]) -> None:
