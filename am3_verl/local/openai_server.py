@@ -30,18 +30,18 @@ requests (total, served, per fault kind, peak in flight, rejected) and
 :meth:`LoopbackOpenAIServer.last_requests` returns the most recent request bodies for assertions.
 An ``api_key`` makes the server demand ``Authorization: Bearer <key>`` (401 otherwise); the key is
 never recorded.
+
+:class:`LoopbackOpenAIServerProcess` runs the same server in a child process with the same methods,
+for benchmarks where the server must not compete with the measured client for the interpreter lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import inspect
 import json
 import random
-import re
 import socket
 import struct
 import threading
@@ -52,13 +52,13 @@ from typing import Any, Awaitable, Callable, Sequence, Union
 
 from aiohttp import web
 
+from am3_verl.judges.images import decode_data_url
+
 FAULT_KINDS: tuple[str, ...] = ("latency", "timeout", "http_500", "http_429", "reset", "invalid_json", "no_choices")
 """Every fault the server can inject; ``"ok"`` in a schedule means "serve normally"."""
 
 Responder = Callable[[dict], Union[str, Awaitable[str]]]
 Schedule = Union[Sequence[Union[str, None]], Callable[[int, dict], Union[str, None]]]
-
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<b64>.*)$", re.DOTALL)
 
 
 @dataclass
@@ -77,6 +77,8 @@ class FaultPlan:
     hang_s: float = 3600.0
     p_http_500: float = 0.0
     p_http_429: float = 0.0
+    retry_after_s: float | None = None
+    """If set, ``http_429`` answers carry ``Retry-After: <retry_after_s>``."""
     p_reset: float = 0.0
     p_invalid_json: float = 0.0
     p_no_choices: float = 0.0
@@ -119,6 +121,8 @@ class RecordedRequest:
     """The parsed JSON body (or the raw text if it was not JSON)."""
     authorized: bool
     num_images: int
+    received_at: float = 0.0
+    """``time.time()`` when the body had been read."""
 
 
 @dataclass
@@ -302,6 +306,7 @@ class LoopbackOpenAIServer:
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        received_at = time.time()
         try:
             body: Any = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -315,19 +320,18 @@ class LoopbackOpenAIServer:
             fault = self._choose_fault(index, body)
             delay = plan.latency_s + (self._rng.random() * plan.latency_jitter_s if plan.latency_jitter_s else 0.0)
         try:
-            return await self._answer(request, index, body, fault, plan, delay)
+            return await self._answer(request, index, body, fault, plan, delay, received_at)
         finally:
             with self._lock:
                 self._stats.in_flight -= 1
 
     async def _answer(
-        self, request: web.Request, index: int, body: Any, fault: str, plan: FaultPlan, delay: float
+        self, request: web.Request, index: int, body: Any, fault: str, plan: FaultPlan, delay: float, received_at: float
     ) -> web.StreamResponse:
         authorized = self._authorized(request)
-        problem = _validate_chat_body(body) if authorized else None
-        num_images = _count_images(body) if problem is None and authorized else 0
+        problem, num_images = _validate_chat_body(body) if authorized else (None, 0)
         with self._lock:
-            self._recent.append(RecordedRequest(index, fault, body, authorized, num_images))
+            self._recent.append(RecordedRequest(index, fault, body, authorized, num_images, received_at))
         if not authorized:
             self._count(rejected=True)
             return _error(401, "invalid_api_key", "Incorrect API key provided")
@@ -352,7 +356,10 @@ class LoopbackOpenAIServer:
             return web.Response(status=504)
         elif fault in ("http_500", "http_429"):
             status = int(fault[-3:])
-            return _error(status, "server_error" if status == 500 else "rate_limit_exceeded", f"injected HTTP {status}")
+            response = _error(status, "server_error" if status == 500 else "rate_limit_exceeded", f"injected HTTP {status}")
+            if status == 429 and plan.retry_after_s is not None:
+                response.headers["Retry-After"] = f"{plan.retry_after_s:g}"
+            return response
         elif fault == "reset":
             _abort_with_rst(request)
             return web.Response(status=500)  # never written: the transport is gone
@@ -378,7 +385,7 @@ class LoopbackOpenAIServer:
             return _error(500, "responder_error", f"{type(exc).__name__}: {exc}")
         if fault == "ok":
             self._count(served=True)
-        return web.json_response(_completion(self.model if not body.get("model") else body["model"], content, body))
+        return web.json_response(_completion(body.get("model") or self.model, content, request.content_length or 0))
 
     def _count(self, *, served: bool = False, rejected: bool = False, fault: str | None = None) -> None:
         with self._lock:
@@ -388,6 +395,144 @@ class LoopbackOpenAIServer:
                 self._stats.rejected += 1
             if fault is not None:
                 self._stats.faults[fault] += 1
+
+
+class LoopbackOpenAIServerProcess:
+    """The same server run in a child process (``spawn``), with the same methods, proxied over a pipe.
+
+    Use it where the server must not share the caller's interpreter lock, e.g. a benchmark that
+    measures the client's own CPU. ``responder`` and ``faults`` are pickled to the child, so they must
+    be module-level functions or picklable objects (the ``Rule*Responder`` classes are)."""
+
+    def __init__(self, responder: Responder, faults: FaultPlan | None = None, **kwargs: Any) -> None:
+        self._kwargs = {"responder": responder, "faults": faults, **kwargs}
+        self.model = kwargs.get("model", "loopback-model")
+        self.host = kwargs.get("host", "127.0.0.1")
+        self._port: int | None = None
+        self._process: Any = None
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The bound port (valid after :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("LoopbackOpenAIServerProcess is not running")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self, timeout_s: float = 60.0) -> "LoopbackOpenAIServerProcess":
+        """Start the child process and wait until it serves; returns self."""
+        import multiprocessing
+        import pickle
+
+        try:
+            pickle.dumps(self._kwargs)
+        except Exception as exc:
+            raise TypeError(
+                "the responder and fault plan of a separate-process server must be picklable (module-level "
+                f"functions or objects such as RuleJudgeResponder): {exc}"
+            ) from None
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve_in_child, args=(child, self._kwargs), name="loopback-openai-server", daemon=True)
+        self._process.start()
+        child.close()
+        if not self._conn.poll(timeout_s):
+            self._process.kill()
+            raise RuntimeError(f"loopback server process did not start within {timeout_s:g} s")
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            self._process.join(timeout=5)
+            raise RuntimeError(
+                f"loopback server process exited during start-up (exit code {self._process.exitcode}); with the "
+                "spawn start method the calling script needs an `if __name__ == \"__main__\":` guard"
+            ) from None
+        if status != "ready":
+            raise RuntimeError(f"loopback server process failed to start: {value}")
+        self._port = value
+        return self
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self._conn is None:
+            raise RuntimeError("LoopbackOpenAIServerProcess is not running")
+        with self._lock:
+            try:
+                self._conn.send((method, args))
+                status, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise RuntimeError(f"loopback server process is gone ({exc!r})") from None
+        if status == "error":
+            raise RuntimeError(f"loopback server process: {method} failed: {value}")
+        return value
+
+    def stop(self) -> None:
+        """Stop the server and join the child; safe to call twice."""
+        if self._process is None:
+            return
+        try:
+            self._call("stop")
+        except RuntimeError:
+            pass
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()
+        self._process = self._conn = self._port = None
+
+    def __enter__(self) -> "LoopbackOpenAIServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stats(self) -> ServerStats:
+        """See :meth:`LoopbackOpenAIServer.stats`."""
+        return self._call("stats")
+
+    def reset_stats(self) -> None:
+        """See :meth:`LoopbackOpenAIServer.reset_stats`."""
+        self._call("reset_stats")
+
+    def last_requests(self, n: int | None = None) -> list[RecordedRequest]:
+        """See :meth:`LoopbackOpenAIServer.last_requests`."""
+        return self._call("last_requests", n)
+
+    def set_faults(self, faults: FaultPlan) -> None:
+        """See :meth:`LoopbackOpenAIServer.set_faults`."""
+        self._call("set_faults", faults)
+
+    def set_responder(self, responder: Responder) -> None:
+        """See :meth:`LoopbackOpenAIServer.set_responder` (the responder must be picklable)."""
+        self._call("set_responder", responder)
+
+
+def _serve_in_child(conn: Any, kwargs: dict) -> None:
+    try:
+        server = LoopbackOpenAIServer(**kwargs).start()
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", server.port))
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:  # the parent is gone
+            server.stop()
+            return
+        if method == "stop":
+            server.stop()
+            conn.send(("ok", None))
+            return
+        try:
+            conn.send(("ok", getattr(server, method)(*args)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def _abort_with_rst(request: web.Request) -> None:
@@ -408,8 +553,7 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": code, "code": code}}, status=status)
 
 
-def _completion(model: str, content: str, body: dict) -> dict:
-    prompt_chars = len(json.dumps(body.get("messages", [])))
+def _completion(model: str, content: str, prompt_chars: int) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -424,50 +568,39 @@ def _completion(model: str, content: str, body: dict) -> dict:
     }
 
 
-def _validate_chat_body(body: Any) -> str | None:
-    """Return why ``body`` is not a valid chat-completion request, or None if it is."""
+def _validate_chat_body(body: Any) -> tuple[str | None, int]:
+    """``(why body is not a valid chat-completion request or None, number of data-URL images)``."""
     if not isinstance(body, dict):
-        return "request body must be a JSON object"
+        return "request body must be a JSON object", 0
     if body.get("stream"):
-        return "stream=true is not supported by the loopback server"
+        return "stream=true is not supported by the loopback server", 0
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
+        return "'messages' must be a non-empty list", 0
+    images = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "tool", "developer"):
-            return f"messages[{i}] must be an object with a valid 'role'"
+            return f"messages[{i}] must be an object with a valid 'role'", 0
         content = message.get("content")
         if isinstance(content, str):
             continue
         if not isinstance(content, list):
-            return f"messages[{i}].content must be a string or a list of parts"
+            return f"messages[{i}].content must be a string or a list of parts", 0
         for j, part in enumerate(content):
             where = f"messages[{i}].content[{j}]"
             if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
-                return f"{where} must be a text or image_url part"
+                return f"{where} must be a text or image_url part", 0
             if part["type"] == "text" and not isinstance(part.get("text"), str):
-                return f"{where}.text must be a string"
+                return f"{where}.text must be a string", 0
             if part["type"] == "image_url":
                 url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
                 if not isinstance(url, str):
-                    return f"{where}.image_url.url must be a string"
-                if url.startswith("data:") and _decode_data_url(url) is None:
-                    return f"{where}.image_url.url is not a valid base64 data URL"
-    return None
-
-
-def _decode_data_url(url: str) -> bytes | None:
-    match = _DATA_URL.match(url)
-    if match is None:
-        return None
-    try:
-        return base64.b64decode(match.group("b64"), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _count_images(body: dict) -> int:
-    return len(request_images(body))
+                    return f"{where}.image_url.url must be a string", 0
+                if url.startswith("data:"):
+                    if decode_data_url(url) is None:
+                        return f"{where}.image_url.url is not a valid base64 data URL", 0
+                    images += 1
+    return None, images
 
 
 # ---------------------------------------------------------------------- helpers for responders and tests
@@ -497,7 +630,7 @@ def request_images(body: dict) -> list[bytes]:
         for part in content:
             if isinstance(part, dict) and part.get("type") == "image_url":
                 url = (part.get("image_url") or {}).get("url", "")
-                decoded = _decode_data_url(url) if isinstance(url, str) else None
+                decoded = decode_data_url(url) if isinstance(url, str) else None
                 if decoded is not None:
                     images.append(decoded)
     return images

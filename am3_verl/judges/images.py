@@ -1,0 +1,82 @@
+"""Images as ``data:`` URLs for OpenAI-compatible requests, each distinct image encoded once per process.
+
+A dialogue's early images appear in the context of every later turn, and the rollouts of one prompt
+carry the same images, so the same bytes would otherwise be base64-encoded many times per step.
+:func:`image_data_url` keeps the encodings in an LRU bounded by total size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+from collections import OrderedDict
+
+CACHE_BUDGET_BYTES = 128 * 1024**2
+"""Upper bound on the total length of cached data URLs."""
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<b64>.*)$", re.DOTALL)
+
+_lock = threading.Lock()
+_cache: OrderedDict[bytes, str] = OrderedDict()
+_cache_size = 0
+encode_count = 0
+"""How many encodings this process has performed (cache misses); for tests and benchmarks."""
+
+
+def sniff_mime(data: bytes) -> str:
+    """The MIME type of encoded image bytes (PNG, JPEG, GIF, BMP, WebP); raises ``ValueError`` otherwise."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    raise ValueError(f"not an encoded PNG/JPEG/GIF/BMP/WebP image (first bytes {data[:8]!r})")
+
+
+def image_data_url(data: bytes) -> str:
+    """``data:<mime>;base64,...`` for ``data`` (cached); raises ``ValueError`` for unknown formats."""
+    global _cache_size, encode_count
+    with _lock:
+        url = _cache.get(data)
+        if url is not None:
+            _cache.move_to_end(data)
+            return url
+    url = f"data:{sniff_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+    with _lock:
+        encode_count += 1
+        if data not in _cache:
+            _cache[data] = url
+            _cache_size += len(url)
+            while _cache_size > CACHE_BUDGET_BYTES and _cache:
+                _, dropped = _cache.popitem(last=False)
+                _cache_size -= len(dropped)
+    return url
+
+
+def clear_cache() -> None:
+    """Forget every cached encoding (tests)."""
+    global _cache_size
+    with _lock:
+        _cache.clear()
+        _cache_size = 0
+
+
+def decode_data_url(url: str) -> bytes | None:
+    """The bytes of a ``data:<mime>;base64,...`` URL, or None if ``url`` is not a valid one."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    try:
+        return base64.b64decode(match.group("b64"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
