@@ -1,0 +1,112 @@
+"""Training-time metrics of the AM3 reward: scores, attack success, refusals, judge failures, turn weights.
+
+:func:`compute_am3_metrics` reads the same rows the estimator reads (``rm_scores``, ``response_mask``,
+``uid``) plus, for the refusal rate, each rollout's :class:`~am3_verl.turn_scores.TurnScores` record.
+Every key starts with ``am3/``; the V1 trainer modes in :mod:`am3_verl.advantage.trainer` add them to
+each training step's metrics. The list of keys and their meaning is in docs/advantage.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from am3_verl.advantage.config import Am3AdvantageConfig
+from am3_verl.advantage.estimator import compute_am3
+from am3_verl.turn_scores import EXTRA_INFO_KEY, TurnScores, load_turn_scores
+
+
+def turn_scores_record(extra_fields: Any) -> TurnScores | None:
+    """The :class:`TurnScores` a rollout's reward function stored, from its ``extra_fields``; None if absent."""
+    if not isinstance(extra_fields, dict):
+        return None
+    info = extra_fields.get("reward_extra_info") or {}
+    encoded = info.get(EXTRA_INFO_KEY) if isinstance(info, dict) else None
+    return None if encoded is None else load_turn_scores(encoded)
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.to(torch.float64).mean()) if values.numel() else float("nan")
+
+
+def compute_am3_metrics(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    cfg: Am3AdvantageConfig,
+    records: Sequence[TurnScores | None] | None = None,
+) -> dict[str, float]:
+    """``am3/*`` metrics of one batch of rollouts (rows as the estimator receives them).
+
+    ``records`` (one per row, or None) gives the judge's refusal flags; a record whose number of turns
+    differs from the row's raises ``ValueError`` naming the row. Means over an empty set are NaN
+    (e.g. ``am3/harmless/mean`` when no turn was judged) rather than a made-up 0.
+    """
+    computation = compute_am3(token_level_rewards, response_mask, index, cfg)
+    decoded, turns = computation.decoded, computation.turns
+    valid, exists = decoded.valid, decoded.exists
+    scored = valid.any(dim=1)
+    has_turns = exists.any(dim=1)
+    unsafe = valid & (decoded.harmless < cfg.asr_threshold)
+
+    metrics: dict[str, float] = {
+        "am3/harmless/mean": _mean(decoded.harmless[valid]),
+        "am3/helpful/mean": _mean(decoded.helpful[valid]),
+        "am3/reward/mean": _mean(computation.result.reward[scored]),
+        "am3/asr": _mean(unsafe[valid].float()),
+        "am3/dialogue_asr": _mean(unsafe.any(dim=1)[scored].float()),
+        "am3/judge_failed_turns": float((exists & ~valid).sum()),
+        "am3/judge_failure_rate": _mean((~valid)[exists].float()),
+        "am3/unscored_rollouts": float((has_turns & ~scored).sum()),
+        "am3/rollouts_without_turns": float((~has_turns).sum()),
+        "am3/assistant_turns/mean": _mean(decoded.num_turns.float()),
+    }
+    metrics.update(_refusal_metrics(records, decoded.num_turns, valid))
+    metrics.update(_alpha_metrics(turns.stats.alpha, turns.stats.present))
+    return metrics
+
+
+def _refusal_metrics(
+    records: Sequence[TurnScores | None] | None, num_turns: torch.Tensor, valid: torch.Tensor
+) -> dict[str, float]:
+    if records is None:
+        return {}
+    if len(records) != num_turns.shape[0]:
+        raise ValueError(f"compute_am3_metrics: {len(records)} turn-score records for {num_turns.shape[0]} rows")
+    refused = judged = unknown = 0
+    for row, record in enumerate(records):
+        if record is None or not record.refused:
+            unknown += 1
+            continue
+        if len(record) != int(num_turns[row]):
+            raise ValueError(
+                f"compute_am3_metrics: row {row}: its {EXTRA_INFO_KEY} record has {len(record)} turns but the "
+                f"response has {int(num_turns[row])} assistant turns"
+            )
+        for turn, flag in enumerate(record.refused):
+            if bool(valid[row, turn]):
+                judged += 1
+                refused += int(flag)
+    return {
+        "am3/refusal_rate": refused / judged if judged else float("nan"),
+        "am3/refusal_unknown_rollouts": float(unknown),
+    }
+
+
+def _alpha_metrics(alpha: torch.Tensor, present: torch.Tensor) -> dict[str, float]:
+    groups = present.any(dim=1)
+    alpha, present = alpha[groups], present[groups]
+    log_alpha = torch.log(alpha.clamp_min(torch.finfo(alpha.dtype).tiny))
+    entropy = -(torch.where(present, alpha * log_alpha, torch.zeros_like(alpha))).sum(dim=1)
+    num_present = present.sum(dim=1)
+    several = num_present >= 2
+    metrics = {
+        "am3/alpha/entropy/mean": _mean(entropy),
+        "am3/alpha/normalized_entropy/mean": _mean(entropy[several] / torch.log(num_present[several].double())),
+        "am3/alpha/max_weight/mean": _mean(alpha.max(dim=1).values),
+    }
+    for turn in range(alpha.shape[1]):
+        metrics[f"am3/alpha/turn_{turn + 1}/mean"] = _mean(alpha[present[:, turn], turn])
+    return metrics

@@ -1,0 +1,97 @@
+"""V1 trainer modes that log the AM3 metrics every training step: ``trainer.v1.trainer_mode=am3_sync`` etc.
+
+verl 0.9.1's V1 trainer logs ``reward_extra_info`` only in validation. Each mode here is verl's own
+trainer class (``sync``, ``colocate_async``, ``separate_async``) with one addition: after verl computes
+a step's metrics, :meth:`Am3MetricsMixin.compute_am3_step_metrics` reads the step's rows back from the
+TransferQueue and adds :func:`am3_verl.advantage.metrics.compute_am3_metrics`. Inside the trainer the
+mode is reported as the base mode (verl branches on ``trainer_mode == "sync"``), so everything else
+behaves exactly as the base mode does. Registered through verl's ``register_trainer``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import transfer_queue as tq
+from omegaconf import DictConfig, open_dict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
+
+from am3_verl.advantage.config import CONFIG_KEY, Am3AdvantageConfig
+from am3_verl.advantage.metrics import compute_am3_metrics, turn_scores_record
+
+STEP_FIELDS = ["uid", "response_mask", "rm_scores", "extra_fields"]
+"""TransferQueue fields the metrics read for each row of a step."""
+
+
+def with_base_mode(config: DictConfig, base_mode: str) -> DictConfig:
+    """A copy of ``config`` whose ``trainer.v1.trainer_mode`` is ``base_mode`` (the caller's is unchanged)."""
+    config = copy.deepcopy(config)
+    with open_dict(config):
+        config.trainer.v1.trainer_mode = base_mode
+    return config
+
+
+class Am3MetricsMixin:
+    """Adds ``am3/*`` metrics to each training step; put it before a verl ``PPOTrainer`` subclass."""
+
+    base_mode: str = ""
+    """The verl trainer mode this class extends."""
+
+    def __init__(self, config: DictConfig) -> None:
+        super().__init__(config=with_base_mode(config, self.base_mode))  # type: ignore[call-arg]
+
+    def _compute_metrics(self, batch: KVBatchMeta, metrics: dict, timing_raw: dict, global_steps: int, epoch: int):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)  # type: ignore[misc]
+        metrics.update(self.compute_am3_step_metrics(batch))
+
+    def compute_am3_step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+        """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none."""
+        keys = [key for key, tag in zip(batch.keys, batch.tags) if not tag.get("is_padding", False)]
+        if not keys:
+            return {}
+        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS)
+        uid = data.pop("uid").tolist()
+        records = [turn_scores_record(extra) for extra in data.pop("extra_fields").tolist()]
+        padded = data.to_padded_tensor()
+        cfg = Am3AdvantageConfig.from_mapping(self.config.algorithm.get(CONFIG_KEY, None))  # type: ignore[attr-defined]
+        return compute_am3_metrics(padded["rm_scores"], padded["response_mask"], uid, cfg, records)
+
+
+class Am3PPOTrainerSync(Am3MetricsMixin, PPOTrainerSync):
+    """verl's ``sync`` trainer plus per-step ``am3/*`` metrics (``trainer.v1.trainer_mode=am3_sync``)."""
+
+    base_mode = "sync"
+
+
+class Am3PPOTrainerColocateAsync(Am3MetricsMixin, PPOTrainerColocateAsync):
+    """verl's ``colocate_async`` trainer plus per-step ``am3/*`` metrics (``trainer_mode=am3_colocate_async``)."""
+
+    base_mode = "colocate_async"
+
+
+class Am3PPOTrainerSeparateAsync(Am3MetricsMixin, PPOTrainerSeparateAsync):
+    """verl's ``separate_async`` trainer plus per-step ``am3/*`` metrics (``trainer_mode=am3_separate_async``)."""
+
+    base_mode = "separate_async"
+
+
+TRAINER_MODES: dict[str, type[Any]] = {
+    "am3_sync": Am3PPOTrainerSync,
+    "am3_colocate_async": Am3PPOTrainerColocateAsync,
+    "am3_separate_async": Am3PPOTrainerSeparateAsync,
+}
+"""``trainer.v1.trainer_mode`` value -> trainer class."""
+
+
+def register() -> None:
+    """Register :data:`TRAINER_MODES` with verl's V1 trainer registry (idempotent)."""
+    for name, cls in TRAINER_MODES.items():
+        register_trainer(name)(cls)
+
+
+def missing_registrations() -> list[str]:
+    """The trainer modes of :data:`TRAINER_MODES` that verl's registry does not hold."""
+    return [f"trainer mode {name!r}" for name, cls in TRAINER_MODES.items() if TRAINER_REGISTRY.get(name) is not cls]

@@ -1,0 +1,118 @@
+"""The ``algorithm.am3`` override keys, composed against verl's own ``ppo_trainer`` hydra config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import verl
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from verl.trainer.config import AlgoConfig
+from verl.utils.config import omega_conf_to_dataclass
+
+from adv_reference import reference_am3
+from adv_rows import synthetic_batch
+from am3_verl.advantage import compute_am3_grpo_advantage
+from am3_verl.advantage.config import Am3AdvantageConfig, Am3AlgoConfig, resolve_am3_config
+
+CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+
+OVERRIDES = [
+    "algorithm.adv_estimator=am3_grpo",
+    "+algorithm.am3.tau=0.7",
+    "+algorithm.am3.lambda_=2.5",
+    "+algorithm.am3.beta=0.5",
+    "+algorithm.am3.temperature=0.25",
+    "+algorithm.am3.variant=paper",
+    "algorithm.norm_adv_by_std_in_grpo=false",
+]
+
+
+def compose_ppo(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+def test_overrides_compose_with_main_ppo_config_and_reach_the_estimator():
+    config = compose_ppo(OVERRIDES)
+    cfg = resolve_am3_config(config.algorithm)
+    assert cfg == Am3AdvantageConfig(tau=0.7, lambda_=2.5, beta=0.5, temperature=0.25, variant="paper")
+    batch = synthetic_batch(21, group_sizes=[6, 6])
+    advantages, _ = compute_am3_grpo_advantage(
+        batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm
+    )
+    ref = reference_am3(batch.token_level_rewards.tolist(), batch.response_mask.tolist(), list(batch.index),
+                        tau=0.7, lambda_=2.5, beta=0.5, temperature=0.25, norm_by_std=False)
+    torch.testing.assert_close(advantages, torch.tensor(ref.advantages, dtype=torch.float32), rtol=1e-4, atol=1e-4)
+    defaults, _ = compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index)
+    assert not torch.allclose(advantages, defaults)
+
+
+def test_defaults_without_an_am3_section():
+    config = compose_ppo(["algorithm.adv_estimator=am3_grpo"])
+    assert resolve_am3_config(config.algorithm) == Am3AdvantageConfig()
+    assert Am3AdvantageConfig() == Am3AdvantageConfig(tau=0.5, lambda_=1.0, beta=1.0, temperature=1.0, variant="paper")
+    assert resolve_am3_config(AlgoConfig()) == Am3AdvantageConfig()
+    assert resolve_am3_config(None) == Am3AdvantageConfig()
+
+
+def test_algorithm_section_converts_with_omega_conf_to_dataclass_through_am3_target():
+    config = compose_ppo(OVERRIDES + ["algorithm._target_=am3_verl.advantage.config.Am3AlgoConfig"])
+    algo = omega_conf_to_dataclass(config.algorithm)
+    assert isinstance(algo, Am3AlgoConfig) and isinstance(algo, AlgoConfig)
+    assert algo.am3 == Am3AdvantageConfig(tau=0.7, lambda_=2.5, beta=0.5, temperature=0.25)
+    assert algo.adv_estimator == "am3_grpo" and algo.norm_adv_by_std_in_grpo is False
+    assert resolve_am3_config(algo) == algo.am3
+    typed = omega_conf_to_dataclass(config.algorithm, Am3AlgoConfig)
+    assert typed.am3 == algo.am3
+    # verl's own AlgoConfig is closed: without the _target_ the conversion fails on the am3 key.
+    with pytest.raises(Exception, match="am3"):
+        omega_conf_to_dataclass(compose_ppo(OVERRIDES).algorithm)
+
+
+def test_estimator_accepts_the_typed_config():
+    algo = omega_conf_to_dataclass(
+        compose_ppo(OVERRIDES + ["algorithm._target_=am3_verl.advantage.config.Am3AlgoConfig"]).algorithm
+    )
+    batch = synthetic_batch(4, group_sizes=[5, 5])
+    typed, _ = compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=algo)
+    plain, _ = compute_am3_grpo_advantage(
+        batch.token_level_rewards, batch.response_mask, batch.index, config=compose_ppo(OVERRIDES).algorithm
+    )
+    torch.testing.assert_close(typed, plain)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"lambda": 1.0}, "unknown key.*lambda.*write lambda_"),
+        ({"tua": 0.5}, "unknown key.*tua"),
+        ({"tau": 1.5}, r"tau=1\.5 must be in \[0, 1\]"),
+        ({"temperature": 0}, "temperature=0.0 must be a finite number > 0"),
+        ({"lambda_": -1}, "lambda_=-1.0 must be"),
+        ({"variant": "gdpo"}, "variant='gdpo' must be one of paper, uniform, min_mean, decoupled, turn_credit"),
+        ({"beta": "high"}, "algorithm.am3.beta='high' is not a number"),
+        ({"discount": 2}, "discount=2.0 must be in"),
+    ],
+)
+def test_bad_settings_are_rejected_naming_the_key(section, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_am3_config(OmegaConf.create({"am3": section}))
+
+
+def test_bad_settings_fail_through_hydra_and_the_estimator():
+    config = compose_ppo(["+algorithm.am3.lambda=2.0"])
+    batch = synthetic_batch(1, group_sizes=[2])
+    with pytest.raises(ValueError, match="algorithm.am3: unknown key"):
+        compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm)
+    with pytest.raises(ValueError, match="algorithm.am3 must be a mapping"):
+        resolve_am3_config(OmegaConf.create({"am3": 3}))
+
+
+def test_kl_in_reward_is_rejected_from_the_composed_config():
+    config = compose_ppo(OVERRIDES + ["algorithm.use_kl_in_reward=true"])
+    batch = synthetic_batch(1, group_sizes=[2])
+    with pytest.raises(ValueError, match="use_kl_in_reward=False"):
+        compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm)
