@@ -1,0 +1,431 @@
+"""The evaluation run: items in, answers generated, every generated turn judged, results folder out.
+
+:func:`run_eval` reads the evaluation parquet files (:mod:`am3_verl.eval.items`), plays each item with
+the model (:mod:`am3_verl.eval.backends`), judges every generated turn with the configured judge
+(:mod:`am3_verl.judges`), writes ``results.jsonl`` (:mod:`am3_verl.eval.results`), compares with a
+baseline run when one is given (:mod:`am3_verl.eval.winrate`) and writes ``metrics.json`` and
+``report.html`` (:mod:`am3_verl.eval.report`).
+
+Modes, per item:
+
+* ``prefilled`` – the history the data gives (user turns *and* assistant turns) is kept and only the
+  final user turn is answered and judged (SafeMT). Every earlier turn needs its reference reply;
+  a row without one is rejected (``rejects.jsonl``);
+* ``interactive`` – the model answers every user turn in order, seeing its own earlier replies; every
+  turn is judged in the context of the dialogue so far. A failed generation ends the item there;
+* ``auto`` (default) – ``prefilled`` for rows whose prompt holds assistant turns, ``interactive`` otherwise.
+
+Resumability: each answer and each judgment is appended to ``cache/answers.jsonl`` /
+``cache/judgments.jsonl`` as soon as it exists, keyed by a hash of everything it depends on (model or
+judge identity, sampling parameters, the exact messages and images). A rerun with the same arguments
+reads them back and only asks for what is missing; failures are never cached, so they are retried.
+Items run concurrently (``concurrency`` at once), and the model and judge clients bound and retry
+their requests (:class:`~am3_verl.judges.client.ChatClient`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
+from am3_verl.eval.cache import JsonlCache, cache_key
+from am3_verl.eval.items import EvalItem, Reject, load_items, write_rejects
+from am3_verl.eval.results import (
+    CACHE_DIR,
+    REJECTS_FILE,
+    ResultItem,
+    ResultTurn,
+    Verdict,
+    read_results,
+    store_image,
+    write_results,
+)
+from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, tally, write_pairwise
+from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment
+from am3_verl.judges.client import ChatClient, ChatClientConfig
+from am3_verl.judges.config import JudgeConfig, build_judge, resolve_judge_config
+
+RUN_FILE = "run.json"
+ANSWERS_CACHE = "answers.jsonl"
+JUDGMENTS_CACHE = "judgments.jsonl"
+PAIRWISE_CACHE = "pairwise.jsonl"
+
+ModeChoice = Literal["auto", "prefilled", "interactive"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one evaluation run needs (the command-line flags map onto these fields)."""
+
+    data: list[Path]
+    """Evaluation parquet files."""
+    output_dir: Path
+    """The results folder (created; reused to resume)."""
+    model: str
+    """An ``http(s)://.../v1`` endpoint or a local Hugging Face model folder."""
+    model_name: str | None = None
+    """Served model name (default: the endpoint's only model)."""
+    mode: ModeChoice = "auto"
+    params: GenerationParams = field(default_factory=GenerationParams)
+    judge: dict[str, Any] = field(default_factory=dict)
+    """Judge settings: :class:`~am3_verl.judges.config.JudgeConfig` fields (environment variables fill the rest)."""
+    system_prompt: str | None = None
+    """Replaces the data's system message (if any) for every item."""
+    max_turns: int | None = None
+    """Interactive mode: answer at most this many user turns per item."""
+    limit: int | None = None
+    """Evaluate only the first ``limit`` rows (over all files)."""
+    concurrency: int = 32
+    """Items in flight at once."""
+    model_timeout_s: float = 300.0
+    model_max_attempts: int = 4
+    baseline: Path | None = None
+    """A results folder to compare with (win rates)."""
+    title: str | None = None
+    n_resamples: int = 1000
+    seed: int = 0
+    viewer_items: int = 200
+    progress: bool = True
+
+
+def judge_identity(config: JudgeConfig) -> str:
+    """What decides a judgment besides its input: backend, models, prompt version and decoding (no URLs, no keys)."""
+    from am3_verl.judges.rubric import SYSTEM_PROMPT
+
+    rubric = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
+    parts = [config.backend]
+    if config.backend != "heuristic":
+        parts += [f"model={config.model}", f"guard={config.guard_model}", f"helpful={config.helpfulness_backend}",
+                  f"rubric={rubric}", f"t={config.temperature}", f"controversial={config.controversial_harmless}"]
+    return "|".join(parts)
+
+
+def _image_ids(images: tuple[bytes, ...]) -> list[str]:
+    return [hashlib.sha256(image).hexdigest() for image in images]
+
+
+def _answer_key(model: ModelBackend, messages: list[Message]) -> str:
+    return cache_key("answer", model.identity, [[m.role, m.text, _image_ids(m.images)] for m in messages])
+
+
+def resolve_mode(item: EvalItem, mode: ModeChoice) -> str:
+    """The mode ``item`` runs in."""
+    if mode == "auto":
+        return "prefilled" if item.has_history else "interactive"
+    return mode
+
+
+def check_item(item: EvalItem, mode: str) -> str | None:
+    """Why ``item`` cannot run in ``mode`` (names the field), or None."""
+    if mode == "prefilled":
+        for k, turn in enumerate(item.turns[:-1]):
+            if not turn.reference:
+                return f"turns[{k}].assistant: prefilled mode needs the reference reply of every turn but the last"
+    return None
+
+
+@dataclass
+class _Context:
+    model: ModelBackend
+    judge: Judge
+    judge_id: str
+    answers: JsonlCache
+    judgments: JsonlCache
+    results_dir: Path
+    system_prompt: str | None
+    max_turns: int | None
+    stats: dict[str, int] = field(default_factory=lambda: {"answers_cached": 0, "answers_generated": 0,
+                                                           "judgments_cached": 0, "judgments_made": 0})
+
+
+async def _generate(ctx: _Context, messages: list[Message]) -> tuple[str | None, str | None]:
+    key = _answer_key(ctx.model, messages)
+    hit = ctx.answers.get(key)
+    if hit is not None:
+        ctx.stats["answers_cached"] += 1
+        return hit["reply"], None
+    reply = await ctx.model.generate(messages)
+    if not reply.ok:
+        return None, reply.error
+    ctx.answers.put(key, {"reply": reply.text})
+    ctx.stats["answers_generated"] += 1
+    return reply.text, None
+
+
+async def _judge(ctx: _Context, requests: list[JudgeRequest]) -> list[TurnJudgment | dict[str, Any]]:
+    keys = [cache_key("judgment", ctx.judge_id, r.key) for r in requests]
+    out: list[Any] = [ctx.judgments.get(k) for k in keys]
+    missing = [i for i, hit in enumerate(out) if hit is None]
+    ctx.stats["judgments_cached"] += len(requests) - len(missing)
+    if missing:
+        fresh = await ctx.judge.judge_many([requests[i] for i in missing])
+        for i, judgment in zip(missing, fresh):
+            if not judgment.failed:
+                ctx.judgments.put(keys[i], {"harmless": judgment.harmless, "helpful": judgment.helpful,
+                                            "refused": bool(judgment.refused), "rationale": judgment.rationale})
+                ctx.stats["judgments_made"] += 1
+            out[i] = judgment
+    return out
+
+
+def _verdict(judgment: TurnJudgment | dict[str, Any]) -> Verdict:
+    if isinstance(judgment, dict):
+        return Verdict(harmless=judgment["harmless"], helpful=judgment["helpful"], refused=judgment["refused"],
+                       rationale=judgment.get("rationale", ""))
+    if judgment.failed:
+        return Verdict(failed=True, error=judgment.error, rationale="")
+    return Verdict(harmless=judgment.harmless, helpful=judgment.helpful, refused=bool(judgment.refused), rationale=judgment.rationale)
+
+
+async def evaluate_item(ctx: _Context, item: EvalItem, mode: str) -> ResultItem:
+    """Generate and judge one item (see the module docstring for the modes)."""
+    turns = item.turns
+    if mode == "interactive" and ctx.max_turns is not None:
+        turns = turns[: ctx.max_turns]
+    system = ctx.system_prompt if ctx.system_prompt is not None else item.system
+    messages: list[Message] = [Message("system", system)] if system else []
+    replies: list[str | None] = []
+    errors: list[str | None] = []
+    generated_flags: list[bool] = []
+    item_error = None
+    for k, turn in enumerate(turns):
+        messages.append(Message("user", turn.user_text, turn.images))
+        given = mode == "prefilled" and k < len(turns) - 1
+        generated_flags.append(not given)
+        if given:
+            reply, error = turn.reference, None
+        elif item_error is not None:
+            reply, error = None, f"not generated: {item_error}"
+        else:
+            reply, error = await _generate(ctx, messages)
+            if reply is None:
+                item_error = f"generation failed at turn {k + 1}: {error}"
+        replies.append(reply)
+        errors.append(error)
+        if reply is not None:
+            messages.append(Message("assistant", reply))
+    # judge every generated turn that has a reply, in the context of the dialogue before it
+    dialogue: list[DialogueTurn] = []
+    requests: list[JudgeRequest] = []
+    judged_at: list[int] = []
+    for k, turn in enumerate(turns):
+        if replies[k] is None:
+            break
+        current = DialogueTurn(turn.user_text, turn.images, replies[k])
+        if generated_flags[k]:
+            requests.append(JudgeRequest(history=tuple(dialogue), current=current))
+            judged_at.append(k)
+        dialogue.append(current)
+    verdicts: dict[int, Verdict] = {}
+    if requests:
+        for k, judgment in zip(judged_at, await _judge(ctx, requests)):
+            verdicts[k] = _verdict(judgment)
+    result_turns = [
+        ResultTurn(
+            index=k,
+            user_text=turn.user_text,
+            images=[store_image(ctx.results_dir, image) for image in turn.images],
+            reply=replies[k],
+            generated=generated_flags[k],
+            verdict=verdicts.get(k),
+            error=errors[k],
+        )
+        for k, turn in enumerate(turns)
+    ]
+    return ResultItem(uid=item.uid, id=item.id, data_source=item.data_source, category=item.category,
+                      harmful=item.harmful, mode=mode, rounds=len(turns), turns=result_turns, error=item_error,
+                      meta=item.meta)
+
+
+async def _run_items(ctx: _Context, work: list[tuple[EvalItem, str]], concurrency: int, progress: bool) -> list[ResultItem]:
+    semaphore = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(work), desc="eval items", unit="item", disable=not progress)
+
+    async def one(item: EvalItem, mode: str) -> ResultItem:
+        async with semaphore:
+            result = await evaluate_item(ctx, item, mode)
+        bar.update(1)
+        return result
+
+    try:
+        return list(await asyncio.gather(*(one(item, mode) for item, mode in work)))
+    finally:
+        bar.close()
+        await ctx.model.aclose()
+        await ctx.judge.aclose()
+
+
+def make_pairwise_comparator(config: JudgeConfig) -> JudgePairwise | None:
+    """A judge-backed comparator when the judge config names an endpoint (base_url + model), else None."""
+    if not (config.base_url and config.model):
+        return None
+    client = ChatClient(
+        ChatClientConfig(
+            base_url=config.base_url,
+            model=config.model,
+            api_key=config.api_key,
+            timeout_s=config.timeout_s,
+            max_attempts=config.max_attempts,
+            backoff_initial_s=config.backoff_initial_s,
+            backoff_max_s=config.backoff_max_s,
+            max_concurrency=config.max_concurrency,
+            concurrency_group=f"am3-eval-pairwise:{config.max_concurrency}",
+        )
+    )
+    return JudgePairwise(client, temperature=config.temperature, max_tokens=config.max_tokens,
+                         structured_output=config.structured_output)
+
+
+def compare_runs(
+    results_dir: str | Path,
+    baseline_dir: str | Path,
+    judge_config: JudgeConfig | None,
+    *,
+    concurrency: int = 32,
+    progress: bool = True,
+) -> PairwiseRun:
+    """Compare two results folders turn by turn and write ``pairwise.jsonl`` into ``results_dir``.
+
+    With a judge endpoint in ``judge_config`` the judge compares both orders; otherwise the two runs'
+    verdict scores are compared. Comparisons are cached in ``cache/pairwise.jsonl``.
+    """
+    results_dir, baseline_dir = Path(results_dir), Path(baseline_dir)
+    items, baseline = read_results(results_dir), read_results(baseline_dir)
+    tasks, counts = pair_tasks(items, results_dir, baseline, baseline_dir)
+    comparator = make_pairwise_comparator(judge_config) if judge_config is not None else None
+    cache = JsonlCache(results_dir / CACHE_DIR / PAIRWISE_CACHE) if comparator is not None else None
+
+    async def go() -> list[dict[str, Any]]:
+        bar = tqdm(total=len(tasks), desc="pairwise", unit="turn", disable=not progress)
+        try:
+            return await run_pairwise(tasks, comparator, cache, concurrency, bar)
+        finally:
+            bar.close()
+            if comparator is not None:
+                await comparator.aclose()
+
+    try:
+        records = asyncio.run(go())
+    finally:
+        if cache is not None:
+            cache.close()
+    method = "judge" if comparator is not None else "verdict_scores"
+    write_pairwise(results_dir, baseline_dir, method, records)
+    counts["turns_compared"] = len(records)
+    counts["comparisons_failed"] = sum(1 for r in records if r.get("failed"))
+    return PairwiseRun(method, records, counts)
+
+
+@dataclass
+class RunSummary:
+    """The outcome of :func:`run_eval`."""
+
+    output_dir: Path
+    read: int
+    evaluated: int
+    rejected: int
+    modes: dict[str, int]
+    stats: dict[str, int]
+    counts: dict[str, int]
+    metrics: dict[str, Any]
+    pairwise: PairwiseRun | None
+    seconds: float
+    model: str
+    judge: str
+
+    def paragraph(self) -> str:
+        """The one-paragraph summary printed at the end of a run."""
+        o = self.metrics["overall"]
+
+        def fmt(metric: dict[str, Any]) -> str:
+            return "n/a" if metric["value"] is None else f"{metric['value']:.3f}"
+
+        text = (
+            f"Evaluated {self.model} on {self.read} rows = {self.evaluated} items + {self.rejected} rejected "
+            f"({', '.join(f'{n} {m}' for m, n in sorted(self.modes.items()))}), judged by {self.judge}. "
+            f"{self.counts['judged_turns']} turns judged ({self.counts['judge_failures']} judge failures, "
+            f"{self.counts['generation_failures']} turns without a reply); answers: {self.stats['answers_generated']} generated, "
+            f"{self.stats['answers_cached']} from the cache; judgments: {self.stats['judgments_made']} made, "
+            f"{self.stats['judgments_cached']} from the cache. ASR {fmt(o['asr'])}, dialogue ASR {fmt(o['dialogue_asr'])}, "
+            f"Safety Index {fmt(o['safety_index'])}, harmless {fmt(o['harmless'])}, helpful {fmt(o['helpful'])}, "
+            f"over-refusal {fmt(o['over_refusal'])}."
+        )
+        if self.pairwise is not None:
+            wr = self.metrics.get("win_rates", {})
+            text += (f" Against the baseline ({self.pairwise.method}): helpful win rate {fmt(wr['helpful'])}, harmless win "
+                     f"rate {fmt(wr['harmless'])} over {self.pairwise.counts.get('turns_compared', 0)} turns.")
+        text += f" Results, metrics.json and report.html are in {self.output_dir} ({self.seconds:.1f} s)."
+        return text
+
+
+def run_eval(config: RunConfig) -> RunSummary:
+    """Run a whole evaluation (see the module docstring); returns the summary.
+
+    Raises ``ValueError`` for bad settings or when no row can be evaluated, ``FileNotFoundError`` for a
+    missing data file.
+    """
+    from am3_verl.eval.report import write_report
+
+    started = time.perf_counter()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    judge_config = resolve_judge_config(config.judge)
+    loaded = load_items(config.data, limit=config.limit)
+    rejects: list[Reject] = list(loaded.rejects)
+    work: list[tuple[EvalItem, str]] = []
+    for item in loaded.items:
+        mode = resolve_mode(item, config.mode)
+        problem = check_item(item, mode)
+        if problem:
+            field_name, reason = problem.split(": ", 1)
+            file, _, row = item.origin.rpartition(":")
+            rejects.append(Reject(file, int(row), item.id, field_name, reason))
+        else:
+            work.append((item, mode))
+    write_rejects(out / REJECTS_FILE, rejects)
+    if not work:
+        raise ValueError(f"no row can be evaluated: all {loaded.read} rejected (see {out / REJECTS_FILE}); first: {rejects[0] if rejects else '-'}")
+    model = open_model(config.model, config.params, model_name=config.model_name, timeout_s=config.model_timeout_s,
+                       max_attempts=config.model_max_attempts, max_concurrency=max(config.concurrency, 1))
+    judge = build_judge(judge_config)
+    cache_dir = out / CACHE_DIR
+    with JsonlCache(cache_dir / ANSWERS_CACHE) as answers, JsonlCache(cache_dir / JUDGMENTS_CACHE) as judgments:
+        ctx = _Context(model, judge, judge_identity(judge_config), answers, judgments, out, config.system_prompt, config.max_turns)
+        results = asyncio.run(_run_items(ctx, work, config.concurrency, config.progress))
+    write_results(out, results)
+    modes: dict[str, int] = {}
+    for _, mode in work:
+        modes[mode] = modes.get(mode, 0) + 1
+    run_info = {
+        "model": model.describe(),
+        "model_identity": model.identity,
+        "judge": judge_config.describe(),
+        "judge_identity": judge_identity(judge_config),
+        "data": [str(Path(p).resolve()) for p in config.data],
+        "mode": config.mode,
+        "modes": modes,
+        "params": asdict(config.params),
+        "system_prompt": config.system_prompt,
+        "max_turns": config.max_turns,
+        "unsafe_threshold": judge_config.unsafe_threshold,
+        "rows_read": loaded.read,
+        "rejected": len(rejects),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / RUN_FILE).write_text(json.dumps(run_info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    pairwise = None
+    if config.baseline is not None:
+        pairwise = compare_runs(out, config.baseline, judge_config, concurrency=config.concurrency, progress=config.progress)
+    report = write_report(out, config.baseline, title=config.title, n_resamples=config.n_resamples, seed=config.seed,
+                          viewer_items=config.viewer_items)
+    return RunSummary(out, loaded.read, len(work), len(rejects), modes, dict(ctx.stats), report.metrics["counts"],
+                      report.metrics, pairwise, time.perf_counter() - started, model.describe(), judge_config.describe())
