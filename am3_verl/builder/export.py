@@ -1,0 +1,139 @@
+"""Write the builder's output files from the checkpoints (rewritten whole at the end of every run).
+
+* ``intersafe_v.jsonl`` – the kept dialogues in our InterSafe-V form, in seed order then victim order;
+  dialogue id ``<id_prefix><seed id>-<victim>``; one ``<image>`` placeholder (first in the text) per
+  turn that shows a picture; ``meta`` keeps the provenance (seed id and query, victim, sub-queries,
+  drawn-picture descriptions, removed duplicates, the judge's verdict and, by default, the victim's
+  replies);
+* ``images/<dialogue id>-<turn>-0.<ext>`` – the pictures those lines name (hard links to the blobs where
+  the filesystem allows, copies otherwise); built in a fresh folder and swapped in, so no stale file
+  stays behind;
+* ``dropped.jsonl`` – one row per dropped seed (decompose) or dropped dialogue (clean), with the reason;
+* ``failed.jsonl`` – seeds whose last call failed after its retries (a rerun continues them).
+
+Every written line is validated with :class:`am3_verl.dialogue.Dialogue` first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from am3_verl.builder.clean import kept_turns, user_text
+from am3_verl.builder.config import BuilderConfig
+from am3_verl.builder.state import ItemState
+from am3_verl.builder.store import CheckpointStore, atomic_write
+from am3_verl.dialogue import Dialogue
+
+OUTPUT_FILE = "intersafe_v.jsonl"
+IMAGES_DIR = "images"
+DROPPED_FILE = "dropped.jsonl"
+FAILED_FILE = "failed.jsonl"
+
+
+@dataclass
+class ExportCounts:
+    """What :func:`export` wrote."""
+
+    dialogues: int = 0
+    images: int = 0
+    dropped_seeds: int = 0
+    dropped_dialogues: int = 0
+    failed: int = 0
+    by_category: dict[str, int] = field(default_factory=dict)
+
+
+def dialogue_record(item: ItemState, victim: str, config: BuilderConfig, image_names: list[str | None]) -> dict:
+    """The InterSafe-V record of ``item``'s dialogue with ``victim`` (``image_names[t]``: file of turn t)."""
+    dialogue = item.dialogues[victim]
+    turns = []
+    for (message, blob), name in zip(kept_turns(dialogue), image_names):
+        turns.append({"user": user_text(message, blob), "images": [f"{IMAGES_DIR}/{name}"] if name else []})
+    victim_model = next(config.endpoints[v.endpoint].model for v in config.victims if v.name == victim)
+    meta: dict = {
+        "seed_id": item.seed_id,
+        "seed_query": item.query,
+        "victim": victim,
+        "victim_model": victim_model,
+        "sub_queries": item.decompose.final_texts(),
+        "new_images": [{"turn": t, "description": turn.image_description}
+                       for t, turn in enumerate(dialogue.turns) if turn.image == "new"],
+        "denied_new_images": [t for t, turn in enumerate(dialogue.turns) if turn.denied_new_image],
+        "removed_images": [r.model_dump() for r in dialogue.removed_images or []],
+        "judge": dialogue.verdict,
+    }
+    if config.output.victim_replies == "meta":
+        meta["victim_replies"] = [turn.victim_reply for turn in dialogue.turns]
+    return {"id": dialogue_id(item, victim, config), "category": item.category, "source": item.source,
+            "turns": turns, "meta": meta}
+
+
+def dialogue_id(item: ItemState, victim: str, config: BuilderConfig) -> str:
+    """``<id_prefix><seed id>-<victim>``."""
+    return f"{config.output.id_prefix}{item.seed_id}-{victim}"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def export(items: list[ItemState], config: BuilderConfig, store: CheckpointStore, output_dir: Path) -> ExportCounts:
+    """Write the output files for ``items`` (in the given order) into ``output_dir``."""
+    counts = ExportCounts()
+    new_images = output_dir / f".{IMAGES_DIR}.new"
+    if new_images.exists():
+        shutil.rmtree(new_images)
+    new_images.mkdir(parents=True)
+    lines, dropped, failed = [], [], []
+    for item in items:
+        if item.failure is not None:
+            counts.failed += 1
+            failed.append({"seed_id": item.seed_id, "status": item.status, **item.failure.model_dump()})
+        if item.status == "dropped":
+            counts.dropped_seeds += 1
+            assert item.drop is not None
+            dropped.append({"id": item.seed_id, "seed_id": item.seed_id, "victim": None, **item.drop.model_dump()})
+            continue
+        if item.status != "cleaned":
+            continue
+        for victim in config.victims:
+            dialogue = item.dialogues[victim.name]
+            record_id = dialogue_id(item, victim.name, config)
+            if not dialogue.kept:
+                counts.dropped_dialogues += 1
+                dropped.append({"id": record_id, "seed_id": item.seed_id, "victim": victim.name, "stage": "clean",
+                                "reason": dialogue.drop_reason})
+                continue
+            names: list[str | None] = []
+            for t, (_, blob) in enumerate(kept_turns(dialogue)):
+                if blob is None:
+                    names.append(None)
+                    continue
+                name = f"{record_id}-{t}-0.{blob.rsplit('.', 1)[1]}"
+                _link_or_copy(store.blob_path(blob), new_images / name)
+                names.append(name)
+                counts.images += 1
+            record = dialogue_record(item, victim.name, config, names)
+            Dialogue.model_validate(record)
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            counts.dialogues += 1
+            counts.by_category[item.category] = counts.by_category.get(item.category, 0) + 1
+    images = output_dir / IMAGES_DIR
+    old = output_dir / f".{IMAGES_DIR}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if images.exists():
+        images.rename(old)
+    new_images.rename(images)
+    if old.exists():
+        shutil.rmtree(old)
+    atomic_write(output_dir / OUTPUT_FILE, "".join(lines).encode("utf-8"))
+    atomic_write(output_dir / DROPPED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dropped).encode("utf-8"))
+    atomic_write(output_dir / FAILED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed).encode("utf-8"))
+    return counts

@@ -1,0 +1,143 @@
+"""The on-disk checkpoint store: one JSON file per item, content-addressed image blobs, a run manifest.
+
+Layout under the store root (``<output_dir>/.build`` for the InterSafe-V builder)::
+
+    run.json               the content fingerprint of the config that produced the checkpoints
+    items/<key>.json       one record per item, rewritten after every call
+    blobs/<sha256>.<ext>   every image an item refers to (seed images and drawn ones)
+
+Every write goes to a temporary file in the same folder and is moved over the old file with
+``os.replace``, which is atomic: a reader (or a rerun after ``kill -9``) sees the old record or the new
+one, never a torn one. A blob is written before any record that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Generic, Iterator, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from am3_verl.builder.config import BuilderError
+from am3_verl.judges.images import sniff_mime
+
+M = TypeVar("M", bound=BaseModel)
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once, so written files get the usual permissions (mkstemp uses 0600)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/bmp": "bmp", "image/webp": "webp"}
+
+
+def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` so that the file is either the old one or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def key_filename(key: str) -> str:
+    """A file name for ``key``: readable, safe on every filesystem, and distinct for distinct keys."""
+    readable = _UNSAFE.sub("_", key).strip("._")[:80] or "item"
+    return f"{readable}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:10]}.json"
+
+
+def image_extension(data: bytes) -> str:
+    """``png``/``jpg``/... from the encoded bytes; ``ValueError`` for unknown formats."""
+    return _EXTENSIONS[sniff_mime(data)]
+
+
+class CheckpointStore(Generic[M]):
+    """Records of type ``model`` by key, plus image blobs, under ``root``."""
+
+    def __init__(self, root: Path, model: type[M], *, fsync: bool = False) -> None:
+        self.root = Path(root)
+        self.model = model
+        self.fsync = fsync
+        self.items_dir = self.root / "items"
+        self.blobs_dir = self.root / "blobs"
+        self.items_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self.writes = 0
+        """Records written by this store object (for tests and the summary)."""
+
+    def path(self, key: str) -> Path:
+        """The record file of ``key``."""
+        return self.items_dir / key_filename(key)
+
+    def load(self, key: str) -> M | None:
+        """The saved record of ``key``, or None; a record that does not parse is a :class:`BuilderError`."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return self.model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise BuilderError(
+                f"checkpoint {path} does not match this version of the builder ({exc.error_count()} problem(s), "
+                f"first: {exc.errors()[0]['msg']}); use a new output folder"
+            ) from None
+
+    def save(self, key: str, record: M) -> None:
+        """Replace the record of ``key`` atomically."""
+        atomic_write(self.path(key), record.model_dump_json().encode("utf-8"), self.fsync)
+        self.writes += 1
+
+    def keys_on_disk(self) -> int:
+        """How many records exist."""
+        return sum(1 for _ in self.items_dir.glob("*.json"))
+
+    def put_blob(self, data: bytes) -> str:
+        """Store image bytes (once per content) and return the blob name ``<sha256>.<ext>``."""
+        name = f"{hashlib.sha256(data).hexdigest()}.{image_extension(data)}"
+        path = self.blobs_dir / name
+        if not path.exists():
+            atomic_write(path, data, self.fsync)
+        return name
+
+    def blob_path(self, name: str) -> Path:
+        """Where blob ``name`` lives."""
+        return self.blobs_dir / name
+
+    def read_blob(self, name: str) -> bytes:
+        """The bytes of blob ``name``; a missing blob is a :class:`BuilderError` (the store was tampered with)."""
+        try:
+            return self.blob_path(name).read_bytes()
+        except FileNotFoundError:
+            raise BuilderError(f"image blob {name} is missing from {self.blobs_dir}; the checkpoint store is damaged") from None
+
+    def read_manifest(self) -> dict | None:
+        """The saved ``run.json``, or None."""
+        try:
+            return json.loads((self.root / "run.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def write_manifest(self, manifest: dict) -> None:
+        """Save ``run.json``."""
+        atomic_write(self.root / "run.json", json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"), True)
+
+    def iter_records(self) -> Iterator[M]:
+        """Every record on disk (any order)."""
+        for path in sorted(self.items_dir.glob("*.json")):
+            yield self.model.model_validate_json(path.read_bytes())
