@@ -213,7 +213,11 @@ def _context_key(task: PairTask) -> list[Any]:
 
 
 async def compare_task(comparator: JudgePairwise, task: PairTask, cache: JsonlCache) -> dict[str, Any]:
-    """Judge ``task`` in both orders (each order cached on its own); returns the pairwise record."""
+    """Judge ``task`` in both orders (each order cached on its own); returns the pairwise record.
+
+    Identical replies are a tie on both axes without asking the judge."""
+    if task.model_reply == task.baseline_reply:
+        return {"failed": False, "helpful": "tie", "harmless": "tie", "orders": {}, "rationale": {"identical": "the two replies are identical"}}
     orders: dict[str, Any] = {}
     errors = []
     for name, model_is_a in (("model_first", True), ("baseline_first", False)):
