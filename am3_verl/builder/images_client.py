@@ -75,7 +75,7 @@ class ImagesClient:
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._backoff = wait_exponential_jitter(
-            initial=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
+            multiplier=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
         )
 
     def __repr__(self) -> str:

@@ -186,7 +186,16 @@ async def _build_async(
     t2i = config.text_to_image
     images = ImagesClient(t2i, api_key_from_env(t2i.api_key_env, "text_to_image")) if t2i.enabled else None
     output_dir.mkdir(parents=True, exist_ok=True)
-    store: CheckpointStore[ItemState] = CheckpointStore(output_dir / STORE_DIR, ItemState, fsync=config.run.fsync)
+    with CheckpointStore(output_dir / STORE_DIR, ItemState, fsync=config.run.fsync) as store:
+        return await _build_with_store(seeds_path, output_dir, config, stages, limit, allow_config_change, progress,
+                                       concurrency, callers, images, store, started)
+
+
+async def _build_with_store(
+    seeds_path: Path, output_dir: Path, config: BuilderConfig, stages: tuple[str, ...], limit: int | None,
+    allow_config_change: bool, progress: bool, concurrency: int, callers: dict[str, RoleCaller],
+    images: ImagesClient | None, store: CheckpointStore[ItemState], started: float,
+) -> BuildSummary:
     _check_fingerprint(store, config, allow_config_change)
     rejects = RejectWriter(output_dir / REJECTS_FILE)
     try:

@@ -8,11 +8,13 @@ Layout under the store root (``<output_dir>/.build`` for the InterSafe-V builder
 
 Every write goes to a temporary file in the same folder and is moved over the old file with
 ``os.replace``, which is atomic: a reader (or a rerun after ``kill -9``) sees the old record or the new
-one, never a torn one. A blob is written before any record that names it.
+one, never a torn one. A blob is written before any record that names it. An exclusive ``flock`` on
+``lock`` keeps two runs from working on one store at once (the kernel releases it when a process dies).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -76,8 +78,29 @@ class CheckpointStore(Generic[M]):
         self.blobs_dir = self.root / "blobs"
         self.items_dir.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / "lock", "a+b")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise BuilderError(f"another run is using {self.root}; wait for it to finish or use another output folder") from None
+        for folder in (self.items_dir, self.blobs_dir):  # temporary files of a killed run
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         self.writes = 0
         """Records written by this store object (for tests and the summary)."""
+
+    def close(self) -> None:
+        """Release the store's lock (a later run may open it)."""
+        if not self._lock.closed:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> "CheckpointStore[M]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def path(self, key: str) -> Path:
         """The record file of ``key``."""
