@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +43,8 @@ from am3_verl.data.pipeline import (
     default_workers,
     drive,
     ordered_map,
+    spool_dir,
+    warm_up_workers,
 )
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
@@ -115,6 +117,7 @@ class VqaJob:
     kind: str
     """``refusal`` or ``general``."""
     system_prompt: str | None
+    spool_dir: str | None = None
 
 
 def _user_content(question: str) -> str:
@@ -178,7 +181,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
 
 def convert_chunk(job: VqaJob, tasks: list[tuple[int, Any, str]]) -> Any:
     """Worker entry: validate and convert one chunk of ``(position, payload, assignment)`` tasks."""
-    out = RowBuilder({TRAIN: SFT_SCHEMA, VAL: SFT_SCHEMA, GENERAL: SFT_SCHEMA, EVAL: EVAL_SCHEMA})
+    out = RowBuilder({TRAIN: SFT_SCHEMA, VAL: SFT_SCHEMA, GENERAL: SFT_SCHEMA, EVAL: EVAL_SCHEMA}, job.spool_dir)
     for position, payload, assignment in tasks:
         _convert_one(position, payload, assignment, job, out)
     return out.result()
@@ -283,12 +286,13 @@ def convert_cold_start(
     general_source = open_source(general_path, image_root) if general_path is not None else None
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    n_workers = workers or default_workers()
+    warm_up_workers(n_workers)
     seen: dict[str, str] = {}
     refusal_plan, n_refusal, n_val = _plan(refusal_source, seen, "refusal", TRAIN, val_size, val_ratio, seed)
     general_plan, n_general, _ = (
         _plan(general_source, seen, "general", GENERAL) if general_source is not None else ({}, 0, 0)
     )
-    n_workers = workers or default_workers()
     names = [TRAIN] + ([VAL, EVAL] if n_val else [])
     schemas = {TRAIN: SFT_SCHEMA, VAL: SFT_SCHEMA, EVAL: EVAL_SCHEMA}
     sinks = {name: ParquetSink(out_dir / OUTPUT_FILES[name], schemas[name], row_group_rows) for name in names}
@@ -296,9 +300,11 @@ def convert_cold_start(
     rejects = RejectWriter(out_dir / REJECTS_FILE)
     general_counts: RunCounts | None = None
     wanted = 0
+    stack = ExitStack()
     try:
+        spool = stack.enter_context(spool_dir(out_dir, n_workers))
         rejects.input_name = str(refusal_path)
-        job = VqaJob(refusal_source.base_dir, policy, "refusal", system_prompt)
+        job = VqaJob(refusal_source.base_dir, policy, "refusal", system_prompt, spool)
         with _bar(n_refusal, "refusal_vqa", progress) as bar:
             results = ordered_map(partial(convert_chunk, job), chunked(_tasks(refusal_source, refusal_plan), chunk_size), n_workers)
             refusal_counts = drive(results, sinks, rejects, bar)
@@ -308,7 +314,7 @@ def convert_cold_start(
         if general_source is not None:
             wanted = int(general_ratio * refusal_counts.written[TRAIN] + 0.5)
             rejects.input_name = str(general_path)
-            job = VqaJob(general_source.base_dir, policy, "general", system_prompt)
+            job = VqaJob(general_source.base_dir, policy, "general", system_prompt, spool)
             with _bar(wanted, "general_vqa", progress) as bar:
                 results = ordered_map(partial(convert_chunk, job), chunked(_tasks(general_source, general_plan), chunk_size), n_workers)
                 with closing(results):
@@ -321,6 +327,7 @@ def convert_cold_start(
                     f"{n_general}); lower the ratio or add samples"
                 )
     finally:
+        stack.close()
         rejects.close()
         for name in names:
             sinks[name].close()
@@ -344,7 +351,7 @@ def _drive_until(results: Any, sink: ParquetSink, rejects: RejectWriter, wanted:
     if wanted == 0:
         return counts
     for result in results:
-        batch = result.batches.get(GENERAL)
+        batch = result.load_batches().get(GENERAL)
         rows_taken = 0
         pending_rejects = iter(result.rejects)
         consumed = 0

@@ -43,6 +43,8 @@ from am3_verl.data.pipeline import (
     default_workers,
     drive,
     ordered_map,
+    spool_dir,
+    warm_up_workers,
 )
 from am3_verl.data.readers import RecordSource, normalise_image_entry, normalise_nulls, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
@@ -100,6 +102,7 @@ class DialogueJob:
 
     base_dir: Path
     policy: ImagePolicy
+    spool_dir: str | None = None
 
 
 def _normalise(record: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +184,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
 
 def convert_chunk(job: DialogueJob, tasks: list[tuple[int, Any, str]]) -> Any:
     """Worker entry: validate and convert one chunk of ``(position, payload, assignment)`` tasks."""
-    out = RowBuilder({TRAIN: RL_SCHEMA, VAL: RL_SCHEMA})
+    out = RowBuilder({TRAIN: RL_SCHEMA, VAL: RL_SCHEMA}, job.spool_dir)
     for position, payload, assignment in tasks:
         _convert_one(position, payload, assignment, job, out)
     return out.result()
@@ -288,9 +291,9 @@ def convert_intersafe_v(
     source = open_source(input_path, image_root)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_split(source, val_size, val_ratio, seed)
     n_workers = workers or default_workers()
-    job = DialogueJob(source.base_dir, policy)
+    warm_up_workers(n_workers)
+    plan = plan_split(source, val_size, val_ratio, seed)
 
     def tasks() -> Iterator[tuple[int, Any, str]]:
         for position, payload in source.payloads():
@@ -306,8 +309,10 @@ def convert_intersafe_v(
     rejects = RejectWriter(out_dir / REJECTS_FILE)
     bar = progress_bar(plan.n_records, "intersafe_v", progress)
     try:
-        results = ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers)
-        counts = drive(results, sinks, rejects, bar, tally)
+        with spool_dir(out_dir, n_workers) as spool:
+            job = DialogueJob(source.base_dir, policy, spool)
+            results = ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers)
+            counts = drive(results, sinks, rejects, bar, tally)
     finally:
         bar.close()
         rejects.close()

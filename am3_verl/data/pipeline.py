@@ -6,7 +6,7 @@
   and the per-record outcome sequence.
 * :class:`RowBuilder` – collects converted rows inside a worker and turns them into Arrow batches.
 * :class:`ParquetSink` – writes batches to a parquet file in fixed-size row groups with fixed writer
-  settings, so the file is byte-for-byte the same for the same rows.
+  settings (:func:`parquet_settings`), so the file is byte-for-byte the same for the same rows.
 
 Chunks are formed from the input order with a fixed size, and rows are written in input order, so the
 output does not depend on the number of workers.
@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -38,15 +41,33 @@ IMAGE_TYPE = pa.list_(pa.struct([pa.field("bytes", pa.binary())]))
 MESSAGES_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
 """A chat: a list of ``{"role", "content"}`` messages."""
 
-PARQUET_SETTINGS: dict[str, Any] = {
-    "compression": "zstd",
-    "compression_level": 3,
+_FIXED_SETTINGS: dict[str, Any] = {
     "use_dictionary": False,
     "write_statistics": False,
     "version": "2.6",
     "data_page_version": "1.0",
 }
-"""Writer settings used for every output (and by the benchmark's floor): fixed, so output is reproducible."""
+
+
+def _leaf_paths(name: str, type_: pa.DataType) -> list[str]:
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _leaf_paths(f"{name}.list.element", type_.value_type)
+    if pa.types.is_struct(type_):
+        return [p for i in range(type_.num_fields) for p in _leaf_paths(f"{name}.{type_.field(i).name}", type_.field(i).type)]
+    return [name]
+
+
+def parquet_settings(schema: pa.Schema) -> dict[str, Any]:
+    """The fixed ``ParquetWriter`` settings for ``schema`` (used by every output and the benchmark's floor).
+
+    Text columns are zstd level 3; image bytes (leaf columns named ``bytes``: PNG/JPEG, already
+    compressed) are stored uncompressed. No dictionary pages, no statistics, no timestamps: the same
+    rows always give the same file.
+    """
+    leaves = [p for f in schema for p in _leaf_paths(f.name, f.type)]
+    compression = {p: ("none" if p.endswith(".bytes") else "zstd") for p in leaves}
+    levels = {p: 3 for p, codec in compression.items() if codec == "zstd"}
+    return {"compression": compression, "compression_level": levels, **_FIXED_SETTINGS}
 
 
 def default_workers() -> int:
@@ -110,6 +131,17 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def warm_up_workers(workers: int) -> None:
+    """Start the forkserver now (it imports the converters in the background) when ``workers > 1``.
+
+    Called before a converter's first pass so that the imports overlap with it; a no-op elsewhere.
+    """
+    if workers > 1 and _worker_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 @dataclass
 class ChunkResult:
     """A worker's answer for one chunk of records."""
@@ -124,13 +156,30 @@ class ChunkResult:
     """Images stored."""
     resized: int = 0
     """Images shrunk to the max-pixels bound."""
+    spooled: dict[str, str] = field(default_factory=dict)
+    """Output name -> Arrow IPC file holding that output's rows (instead of ``batches``)."""
+
+    def load_batches(self) -> dict[str, pa.RecordBatch]:
+        """The batches, mapping spooled files into memory (zero-copy; each file is unlinked once mapped)."""
+        for name, path in self.spooled.items():
+            with pa.memory_map(path) as source:
+                self.batches[name] = pa.ipc.open_file(source).get_batch(0)
+            os.unlink(path)
+        self.spooled = {}
+        return self.batches
 
 
 @dataclass
 class RowBuilder:
-    """Collects rows per output inside a worker; :meth:`result` packs them into a :class:`ChunkResult`."""
+    """Collects rows per output inside a worker; :meth:`result` packs them into a :class:`ChunkResult`.
+
+    With a ``spool_dir``, each output's batch is written there as an Arrow IPC file and only its path
+    travels back to the main process: image bytes cross the process boundary once, through the page
+    cache, instead of being pickled and piped.
+    """
 
     schemas: dict[str, pa.Schema]
+    spool_dir: str | None = None
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rejects: list[Reject] = field(default_factory=list)
     outcomes: list[tuple[int, str]] = field(default_factory=list)
@@ -154,11 +203,32 @@ class RowBuilder:
     def result(self) -> ChunkResult:
         """The chunk's batches (built against the fixed schemas), rejects and outcomes."""
         batches = {name: pa.RecordBatch.from_pylist(rows, schema=self.schemas[name]) for name, rows in self.rows.items()}
-        return ChunkResult(batches, self.rejects, self.outcomes, self.images, self.resized)
+        spooled: dict[str, str] = {}
+        if self.spool_dir is not None and self.outcomes:
+            for name, batch in batches.items():
+                path = os.path.join(self.spool_dir, f"{self.outcomes[0][0]:012d}-{name}.arrow")
+                with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+                    writer.write_batch(batch)
+                spooled[name] = path
+            batches = {}
+        return ChunkResult(batches, self.rejects, self.outcomes, self.images, self.resized, spooled)
+
+
+@contextmanager
+def spool_dir(output_dir: Path, workers: int) -> Iterator[str | None]:
+    """A private folder in ``output_dir`` for worker results (None when running in-process); removed after."""
+    if workers <= 1:
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix=".am3-spool-", dir=output_dir)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ParquetSink:
-    """A parquet file written in row groups of ``row_group_rows`` rows with :data:`PARQUET_SETTINGS`."""
+    """A parquet file written in row groups of ``row_group_rows`` rows with :func:`parquet_settings`."""
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 256):
         self.path = path
@@ -167,7 +237,7 @@ class ParquetSink:
         self.rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._writer = pq.ParquetWriter(str(path), schema, **PARQUET_SETTINGS)
+        self._writer = pq.ParquetWriter(str(path), schema, **parquet_settings(schema))
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Queue rows; full row groups are written as soon as they are complete."""
@@ -225,7 +295,7 @@ def drive(
     """Consume chunk results in order: batches to their sinks, rejects to the rejects file, counts updated."""
     counts = RunCounts()
     for result in results:
-        for name, batch in result.batches.items():
+        for name, batch in result.load_batches().items():
             sinks[name].write(batch)
         for reject in result.rejects:
             rejects.write(reject)

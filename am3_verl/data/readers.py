@@ -97,10 +97,10 @@ class RecordSource:
 
     def _batches(self, columns: tuple[str, ...] | None) -> Iterator[pa.RecordBatch]:
         if self.kind == "parquet":
-            parquet = pq.ParquetFile(self.path)
-            names = set(parquet.schema_arrow.names)
-            wanted = None if columns is None else [c for c in columns if c in names]
-            yield from parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted)
+            with pq.ParquetFile(self.path) as parquet:
+                names = set(parquet.schema_arrow.names)
+                wanted = None if columns is None else [c for c in columns if c in names]
+                yield from parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted)
             return
         for arrow_file in _datasets_files(self.path):
             with pa.memory_map(str(arrow_file)) as source:
@@ -144,7 +144,7 @@ def open_source(path: str | Path, image_root: str | Path | None = None) -> Recor
         if suffix == ".parquet":
             kind = "parquet"
             try:
-                pq.ParquetFile(p)
+                pq.read_metadata(p)
             except (OSError, pa.ArrowException) as exc:
                 raise DataPrepError(f"cannot read {p} as parquet: {exc}") from exc
         elif suffix in (".jsonl", ".json"):

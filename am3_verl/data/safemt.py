@@ -42,6 +42,8 @@ from am3_verl.data.pipeline import (
     default_workers,
     drive,
     ordered_map,
+    spool_dir,
+    warm_up_workers,
 )
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
 from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
@@ -148,6 +150,7 @@ class SafeMTJob:
 
     base_dir: Path
     policy: ImagePolicy
+    spool_dir: str | None = None
 
 
 def _prompt(item: SafeMTItem) -> list[dict[str, str]]:
@@ -215,7 +218,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
 
 def convert_chunk(job: SafeMTJob, tasks: list[tuple[int, Any, str]]) -> Any:
     """Worker entry: validate and convert one chunk of ``(position, payload, assignment)`` tasks."""
-    out = RowBuilder({EVAL: SAFEMT_SCHEMA})
+    out = RowBuilder({EVAL: SAFEMT_SCHEMA}, job.spool_dir)
     for position, payload, assignment in tasks:
         _convert_one(position, payload, assignment, job, out)
     return out.result()
@@ -282,9 +285,9 @@ def convert_safemt(
     source = open_source(input_path, image_root)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    assignment, n_records = _plan(source)
     n_workers = workers or default_workers()
-    job = SafeMTJob(source.base_dir, policy)
+    warm_up_workers(n_workers)
+    assignment, n_records = _plan(source)
 
     def tasks() -> Iterator[tuple[int, Any, str]]:
         for position, payload in source.payloads():
@@ -297,19 +300,21 @@ def convert_safemt(
     scenarios: dict[str, int] = {}
     try:
         counts = RunCounts()
-        for result in ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers):
-            batch = result.batches.get(EVAL)
-            if batch is not None:
-                for n in batch.column("num_rounds").to_pylist():
-                    rounds[n] = rounds.get(n, 0) + 1
-                for s in batch.column("scenario").to_pylist():
-                    scenarios[s] = scenarios.get(s, 0) + 1
-            part = drive([result], {EVAL: sink}, rejects, bar)
-            counts.read += part.read
-            counts.rejected += part.rejected
-            counts.written[EVAL] = counts.written.get(EVAL, 0) + part.written.get(EVAL, 0)
-            counts.images += part.images
-            counts.resized += part.resized
+        with spool_dir(out_dir, n_workers) as spool:
+            job = SafeMTJob(source.base_dir, policy, spool)
+            for result in ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers):
+                batch = result.load_batches().get(EVAL)
+                if batch is not None:
+                    for n in batch.column("num_rounds").to_pylist():
+                        rounds[n] = rounds.get(n, 0) + 1
+                    for s in batch.column("scenario").to_pylist():
+                        scenarios[s] = scenarios.get(s, 0) + 1
+                part = drive([result], {EVAL: sink}, rejects, bar)
+                counts.read += part.read
+                counts.rejected += part.rejected
+                counts.written[EVAL] = counts.written.get(EVAL, 0) + part.written.get(EVAL, 0)
+                counts.images += part.images
+                counts.resized += part.resized
     finally:
         bar.close()
         rejects.close()

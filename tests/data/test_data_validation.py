@@ -206,6 +206,9 @@ def test_command_fails_clearly_on_missing_or_unreadable_input(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"id": "caf\xe9"}\n')
     latin = _cli("data_prep/intersafe_v.py", "--input", str(tmp_path / "latin1.jsonl"), "--output_dir", str(out))
     assert latin.returncode == 1 and "cannot read" in latin.stderr
+    (tmp_path / "cut.json").write_text('[{"id": 1, "scenario": "x"')
+    cut = _cli("data_prep/safemt.py", "--input", str(tmp_path / "cut.json"), "--output_dir", str(out))
+    assert cut.returncode == 1 and "is not valid JSON" in cut.stderr
     (tmp_path / "folder").mkdir()
     folder = _cli("data_prep/safemt.py", "--input", str(tmp_path / "folder"), "--output_dir", str(out))
     assert folder.returncode == 1 and "not a saved `datasets` Dataset" in folder.stderr
