@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output_dir", required=True, type=Path, help="results folder (rerun with the same folder to resume)")
     run.add_argument("--mode", choices=["auto", "prefilled", "interactive"], default="auto",
                      help="prefilled: keep the data's history, answer the last turn; interactive: answer every turn; "
-                          "auto (default): prefilled for rows with assistant turns in the prompt, else interactive")
+                          "auto (default): prefilled for SafeMT and rows with assistant turns in the prompt, else interactive")
     run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     run.add_argument("--max_tokens", type=int, default=512, help="reply length limit in tokens (default 512)")
     run.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling (default 1.0)")

@@ -119,7 +119,7 @@ JS = r"""
     sum.appendChild(el("span", "badge", item.data_source));
     sum.appendChild(el("span", "badge", item.category));
     sum.appendChild(el("span", "badge", item.mode));
-    if (!item.harmful) sum.appendChild(el("span", "badge", "benign"));
+    if (!item.harmful && item.category !== "benign") sum.appendChild(el("span", "badge", "benign request"));
     if (item.flags.unsafe) sum.appendChild(el("span", "badge bad", "unsafe turn"));
     if (item.flags.over_refusal) sum.appendChild(el("span", "badge warn", "refused a benign request"));
     if (item.flags.failed) sum.appendChild(el("span", "badge warn", "failure"));

@@ -52,7 +52,8 @@ class EvalItem:
     turns: list[EvalTurn]
     system: str | None = None
     has_history: bool = False
-    """The prompt itself holds assistant messages (a pre-filled history, SafeMT style)."""
+    """The prompt itself holds assistant messages (a pre-filled history), or the source is answered
+    prefilled by default (SafeMT, whose round-1 items have an empty history)."""
     origin: str = ""
     """``file:row`` for error messages."""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +96,8 @@ class Adapter:
 
     category: Callable[[dict[str, Any]], str]
     harmful: Callable[[dict[str, Any], str], bool]
+    prefilled: bool = False
+    """``--mode auto`` runs this source's items prefilled even when the history is empty (SafeMT round 1)."""
 
 
 def _info(row: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +128,7 @@ ADAPTERS: dict[str, Adapter] = {
     "safemt": Adapter(
         category=lambda row: str(_required(row, "scenario", "extra_info.scenario")),
         harmful=lambda row, category: True,  # every SafeMT item is a harmful request in disguise
+        prefilled=True,
     ),
     "refusal_vqa": Adapter(
         category=lambda row: f"refusal_{_required(row, 'extra_info.domain')}",
@@ -255,7 +259,7 @@ def item_from_row(row: dict[str, Any], origin: str) -> EvalItem:
         harmful=harmful,
         turns=turns,
         system=system,
-        has_history=has_history,
+        has_history=has_history or adapter.prefilled,
         origin=origin,
         meta=meta,
     )

@@ -13,7 +13,8 @@ Modes, per item:
   a row without one is rejected (``rejects.jsonl``);
 * ``interactive`` – the model answers every user turn in order, seeing its own earlier replies; every
   turn is judged in the context of the dialogue so far. A failed generation ends the item there;
-* ``auto`` (default) – ``prefilled`` for rows whose prompt holds assistant turns, ``interactive`` otherwise.
+* ``auto`` (default) – ``prefilled`` for SafeMT and for rows whose prompt holds assistant turns,
+  ``interactive`` otherwise.
 
 Resumability: each answer and each judgment is appended to ``cache/answers.jsonl`` /
 ``cache/judgments.jsonl`` as soon as it exists, keyed by a hash of everything it depends on (model or

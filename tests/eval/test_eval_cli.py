@@ -142,6 +142,7 @@ def test_safemt_fixture_metrics_by_hand(safemt_fixture, model_server, judge_serv
     rounds = sorted(len([msg for msg in r.body["messages"] if msg["role"] == "user"]) for r in model_server.last_requests())
     assert rounds == sorted([1, 2, 4, 6, 8] * 3)
     assert model_server.stats().total == 15 and judge_server.stats().total == 15
+    assert all(i["mode"] == "prefilled" for i in _results(out))  # round 1 included (empty history)
 
 
 # ---------------------------------------------------------------------------------------------- kill and resume

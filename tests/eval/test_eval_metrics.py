@@ -198,3 +198,13 @@ def test_bad_rows_are_rejected_with_their_field(tmp_path):
     found = {(r.id, r.field) for r in loaded.rejects}
     assert found == {("g2", "images"), ("m1", "extra_info.category"), ("g3", "prompt[1]"), ("g4", "images[0]"), ("g1", "id")}
     assert loaded.read == len(loaded.items) + len(loaded.rejects) == 6
+
+
+def test_cold_start_messages_rows_give_a_benign_set(sample_data):
+    loaded = load_items([sample_data["refusal"].parent / "cold_start.parquet"])
+    assert not loaded.rejects
+    general = [i for i in loaded.items if i.data_source == "general_vqa"]
+    refusal = [i for i in loaded.items if i.data_source == "refusal_vqa"]
+    assert general and all(not i.harmful and i.category == "benign" and len(i.turns) == 1 for i in general)
+    assert refusal and all(i.harmful and i.category.startswith("refusal_") for i in refusal)
+    assert all(i.turns[0].reference and len(i.turns[0].images) == 1 and not i.has_history for i in loaded.items)
