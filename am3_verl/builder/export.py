@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Optional
 
 from am3_verl.builder.clean import kept_turns, user_text
 from am3_verl.builder.config import BuilderConfig
+from am3_verl.builder.ledger import Ledger
 from am3_verl.builder.state import ItemState
-from am3_verl.builder.store import CheckpointStore, atomic_write
+from am3_verl.builder.store import CheckpointStore, atomic_write, file_mode
 from am3_verl.dialogue import Dialogue
 
 OUTPUT_FILE = "intersafe_v.jsonl"
@@ -44,6 +47,9 @@ class ExportCounts:
     dropped_dialogues: int = 0
     failed: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)
+    """Seeds per checkpoint status."""
+    failed_ids: list[str] = field(default_factory=list)
 
 
 def dialogue_record(item: ItemState, victim: str, config: BuilderConfig, image_names: list[str | None]) -> dict:
@@ -83,47 +89,58 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def export(items: list[ItemState], config: BuilderConfig, store: CheckpointStore, output_dir: Path) -> ExportCounts:
-    """Write the output files for ``items`` (in the given order) into ``output_dir``."""
+def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: CheckpointStore, output_dir: Path,
+           ledger: Ledger | None = None) -> ExportCounts:
+    """Write the output files for ``items`` (in the given order, read one at a time) into ``output_dir``;
+    every call record of the items is added to ``ledger``."""
     counts = ExportCounts()
     new_images = output_dir / f".{IMAGES_DIR}.new"
     if new_images.exists():
         shutil.rmtree(new_images)
     new_images.mkdir(parents=True)
-    lines, dropped, failed = [], [], []
-    for item in items:
-        if item.failure is not None:
-            counts.failed += 1
-            failed.append({"seed_id": item.seed_id, "status": item.status, **item.failure.model_dump()})
-        if item.status == "dropped":
-            counts.dropped_seeds += 1
-            assert item.drop is not None
-            dropped.append({"id": item.seed_id, "seed_id": item.seed_id, "victim": None, **item.drop.model_dump()})
-            continue
-        if item.status != "cleaned":
-            continue
-        for victim in config.victims:
-            dialogue = item.dialogues[victim.name]
-            record_id = dialogue_id(item, victim.name, config)
-            if not dialogue.kept:
-                counts.dropped_dialogues += 1
-                dropped.append({"id": record_id, "seed_id": item.seed_id, "victim": victim.name, "stage": "clean",
-                                "reason": dialogue.drop_reason})
+    dropped, failed = [], []
+    fd, tmp = tempfile.mkstemp(prefix=f".{OUTPUT_FILE}.", suffix=".tmp", dir=output_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as lines:
+        for item in items:
+            if item is None:
+                raise RuntimeError("a checkpoint disappeared during the run")
+            counts.by_status[item.status] = counts.by_status.get(item.status, 0) + 1
+            if ledger is not None:
+                ledger.add_all(item.calls)
+            if item.failure is not None:
+                counts.failed += 1
+                counts.failed_ids.append(item.seed_id)
+                failed.append({"seed_id": item.seed_id, "status": item.status, **item.failure.model_dump()})
+            if item.status == "dropped":
+                counts.dropped_seeds += 1
+                assert item.drop is not None
+                dropped.append({"id": item.seed_id, "seed_id": item.seed_id, "victim": None, **item.drop.model_dump()})
                 continue
-            names: list[str | None] = []
-            for t, (_, blob) in enumerate(kept_turns(dialogue)):
-                if blob is None:
-                    names.append(None)
+            if item.status != "cleaned":
+                continue
+            for victim in config.victims:
+                dialogue = item.dialogues[victim.name]
+                record_id = dialogue_id(item, victim.name, config)
+                if not dialogue.kept:
+                    counts.dropped_dialogues += 1
+                    dropped.append({"id": record_id, "seed_id": item.seed_id, "victim": victim.name, "stage": "clean",
+                                    "reason": dialogue.drop_reason})
                     continue
-                name = f"{record_id}-{t}-0.{blob.rsplit('.', 1)[1]}"
-                _link_or_copy(store.blob_path(blob), new_images / name)
-                names.append(name)
-                counts.images += 1
-            record = dialogue_record(item, victim.name, config, names)
-            Dialogue.model_validate(record)
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-            counts.dialogues += 1
-            counts.by_category[item.category] = counts.by_category.get(item.category, 0) + 1
+                names: list[str | None] = []
+                for t, (_, blob) in enumerate(kept_turns(dialogue)):
+                    if blob is None:
+                        names.append(None)
+                        continue
+                    name = f"{record_id}-{t}-0.{blob.rsplit('.', 1)[1]}"
+                    _link_or_copy(store.blob_path(blob), new_images / name)
+                    names.append(name)
+                    counts.images += 1
+                record = dialogue_record(item, victim.name, config, names)
+                Dialogue.model_validate(record)
+                lines.write(json.dumps(record, ensure_ascii=False) + "\n")
+                counts.dialogues += 1
+                counts.by_category[item.category] = counts.by_category.get(item.category, 0) + 1
+    os.chmod(tmp, file_mode())
     images = output_dir / IMAGES_DIR
     old = output_dir / f".{IMAGES_DIR}.old"
     if old.exists():
@@ -133,7 +150,7 @@ def export(items: list[ItemState], config: BuilderConfig, store: CheckpointStore
     new_images.rename(images)
     if old.exists():
         shutil.rmtree(old)
-    atomic_write(output_dir / OUTPUT_FILE, "".join(lines).encode("utf-8"))
+    os.replace(tmp, output_dir / OUTPUT_FILE)
     atomic_write(output_dir / DROPPED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dropped).encode("utf-8"))
     atomic_write(output_dir / FAILED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed).encode("utf-8"))
     return counts

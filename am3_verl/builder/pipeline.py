@@ -118,8 +118,24 @@ def _roles(config: BuilderConfig) -> dict[str, RoleConfig]:
     return named
 
 
-def _items(seeds, store: CheckpointStore, rejects: RejectWriter) -> list[ItemState]:
-    items = []
+def _reconcile(item: ItemState, config: BuilderConfig) -> bool:
+    """Reopen a finished stage when the victim list grew (``--allow_config_change``); True if changed."""
+    names = [v.name for v in config.victims]
+    if item.status in ("interacted", "cleaned") and any(
+        n not in item.dialogues or not item.dialogues[n].interacted for n in names
+    ):
+        item.status = "decomposed"
+        return True
+    if item.status == "cleaned" and any(item.dialogues[n].kept is None for n in names):
+        item.status = "interacted"
+        return True
+    return False
+
+
+def _item_ids(seeds, store: CheckpointStore, rejects: RejectWriter, config: BuilderConfig,
+              stages: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Create or check each seed's checkpoint; returns (every valid seed id, the ids with work in ``stages``)."""
+    ids, work = [], []
     for loaded in seeds:
         state = store.load(loaded.seed.id)
         if state is None:
@@ -131,8 +147,12 @@ def _items(seeds, store: CheckpointStore, rejects: RejectWriter) -> list[ItemSta
                                  "this id was checkpointed with a different query, category, source or image; "
                                  "give the changed seed a new id or use a new --output_dir"))
             continue
-        items.append(state)
-    return items
+        elif _reconcile(state, config):
+            store.save(state.seed_id, state)
+        ids.append(state.seed_id)
+        if _needs_work(state, stages):
+            work.append(state.seed_id)
+    return ids, work
 
 
 def _needs_work(item: ItemState, stages: Sequence[str]) -> bool:
@@ -151,18 +171,20 @@ async def _advance(ctx: StageContext, item: ItemState, stages: Sequence[str]) ->
         ctx.save(item)
 
 
-async def _run_items(ctx: StageContext, work: list[ItemState], stages: Sequence[str], concurrency: int,
+async def _run_items(ctx: StageContext, work: list[str], stages: Sequence[str], concurrency: int,
                      bar: tqdm, on_done: Callable[[ItemState], None]) -> None:
-    queue: asyncio.Queue[ItemState] = asyncio.Queue()
-    for item in work:
-        queue.put_nowait(item)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for seed_id in work:
+        queue.put_nowait(seed_id)
 
     async def worker() -> None:
         while True:
             try:
-                item = queue.get_nowait()
+                seed_id = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            item = ctx.store.load(seed_id)  # one seed's state in memory per worker, not the whole run's
+            assert item is not None
             await _advance(ctx, item, stages)
             on_done(item)
             bar.update(1)
@@ -200,11 +222,10 @@ async def _build_with_store(
     rejects = RejectWriter(output_dir / REJECTS_FILE)
     try:
         read = read_seeds(seeds_path, store, rejects, limit=limit)
-        items = _items(read.seeds, store, rejects)
+        ids, work = _item_ids(read.seeds, store, rejects, config, stages)
     finally:
         rejects.close()
 
-    work = [item for item in items if _needs_work(item, stages)]
     run_ledger = Ledger()
     failed_now: dict[str, int] = {"n": 0}
     bar = tqdm(total=len(work), desc="intersafe_v builder", unit="seed", disable=not progress, file=sys.stderr,
@@ -236,25 +257,22 @@ async def _build_with_store(
         if images is not None:
             await images.aclose()
 
-    exported = export(items, config, store, output_dir)
-    by_status: dict[str, int] = {}
-    for item in items:
-        by_status[item.status] = by_status.get(item.status, 0) + 1
-    if sum(by_status.values()) != len(items):
-        raise RuntimeError("seed count check failed")
+    all_ledger = Ledger()
+    exported = export((store.load(seed_id) for seed_id in ids), config, store, output_dir, all_ledger)
+    by_status = exported.by_status
+    if sum(by_status.values()) != len(ids):
+        raise RuntimeError(f"seed count check failed: {by_status} for {len(ids)} seeds")
     cleaned = by_status.get("cleaned", 0)
     if cleaned * len(config.victims) != exported.dialogues + exported.dropped_dialogues:
         raise RuntimeError(
             f"dialogue count check failed: {cleaned} cleaned seeds x {len(config.victims)} victims != "
             f"{exported.dialogues} written + {exported.dropped_dialogues} dropped"
         )
-    all_ledger = Ledger().add_all(record for item in items for record in item.calls)
     all_ledger.write(output_dir / LEDGER_FILE, {"this_run": run_ledger.as_dict()["total"]})
     return BuildSummary(
-        output_dir=output_dir, stages=stages, read=read.read, valid=len(items), rejected=read.read - len(items),
+        output_dir=output_dir, stages=stages, read=read.read, valid=len(ids), rejected=read.read - len(ids),
         worked=len(work), by_status=by_status, failed=exported.failed, exported=exported, ledger_all=all_ledger,
-        ledger_run=run_ledger, seconds=time.perf_counter() - started,
-        failed_ids=[item.seed_id for item in items if item.failure is not None],
+        ledger_run=run_ledger, seconds=time.perf_counter() - started, failed_ids=exported.failed_ids,
     )
 
 

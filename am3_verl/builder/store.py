@@ -41,7 +41,7 @@ def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if fsync:
@@ -54,6 +54,11 @@ def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def file_mode() -> int:
+    """The permission bits a newly created file gets under the process umask (``0o644`` for umask 022)."""
+    return 0o666 & ~_UMASK
 
 
 def key_filename(key: str) -> str:

@@ -61,7 +61,7 @@ def _images(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["sigkill", "ctrl-c", "sigterm"])
 def test_an_interrupted_run_resumes_without_losing_duplicating_or_repeating_anything(tmp_path, sig):
     with LoopbackOpenAIServer(ScriptedBuilderModels(), FaultPlan(latency_s=0.04), record_last=100_000) as chat, \
             LoopbackImagesServer(faults=ImagesFaultPlan(latency_s=0.04)) as images:
@@ -84,7 +84,7 @@ def test_an_interrupted_run_resumes_without_losing_duplicating_or_repeating_anyt
             assert proc.returncode == -signal.SIGKILL
         else:
             assert proc.returncode == 130, stderr
-            assert "interrupted: every finished call is checkpointed" in stderr
+            assert "interrupted: every finished call is checkpointed" in stderr, stderr
 
         before_chat, before_images = checkpoint_shas(out), checkpoint_shas(out, text_to_image=True)
         sent_before = chat.stats().total

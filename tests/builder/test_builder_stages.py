@@ -258,3 +258,19 @@ def test_seed_limit_concurrency_bound_and_config_guard(tmp_path, chat_server, im
     result = build(changed, out, stricter, progress=False)
     assert (result.read, result.valid, result.rejected) == (1, 0, 1)
     assert "checkpointed with a different query" in read_jsonl(out / "rejects.jsonl")[0]["reason"]
+
+
+def test_a_victim_added_later_gets_its_dialogues_without_repeating_the_others(tmp_path, chat_server, images_server):
+    seeds = write_seeds(tmp_path, [{"id": f"s{k}", "query": f"{PLAIN} ({k})"} for k in range(2)])
+    out = tmp_path / "out"
+    full = config(chat_server.base_url, None)
+    one_victim = config(chat_server.base_url, None, victims=[full.victims[0].model_dump()])
+    assert build(seeds, out, one_victim, progress=False).exported.dialogues == 2
+    chat_server.reset_stats()
+    with pytest.raises(BuilderError, match="changed: victims"):
+        build(seeds, out, full, progress=False)
+    summary = build(seeds, out, full, allow_config_change=True, progress=False)
+    assert summary.exported.dialogues == 4 and summary.worked == 2
+    # only the new victim's dialogues: its attacker turns, its victim calls, its judge calls
+    assert _models(chat_server) == {"stub-attacker": 6, "stub-victim-victim_b": 6, "stub-judge": 2}
+    assert _validate(out, tmp_path).counts.rejected == 0
