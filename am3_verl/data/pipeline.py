@@ -257,7 +257,9 @@ class ParquetSink:
         full = (table.num_rows // self.row_group_rows) * self.row_group_rows
         cut = table.num_rows if final else full
         if cut:
-            self._writer.write_table(table.slice(0, cut), row_group_size=self.row_group_rows)
+            # One contiguous chunk per write: page boundaries then depend on the rows only, not on how
+            # the input was cut into work units.
+            self._writer.write_table(table.slice(0, cut).combine_chunks(), row_group_size=self.row_group_rows)
         rest = table.slice(cut)
         self._pending = rest.combine_chunks().to_batches() if rest.num_rows else []
         self._pending_rows = rest.num_rows

@@ -3,16 +3,21 @@ the split is stratified, exact in size and a function of (seed, id) only."""
 
 from __future__ import annotations
 
+import io
 import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from am3_verl.data.cold_start import convert_cold_start
 from am3_verl.data.intersafe_v import convert_intersafe_v
 from am3_verl.data.safemt import convert_safemt
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
+
+from data_helpers import write_jsonl
 
 
 def _bytes(folder: Path) -> dict[str, bytes]:
@@ -59,3 +64,23 @@ def test_stratified_val_positions_is_exact_proportional_and_order_free():
     # Largest remainder: 7 of (50, 30, 20) -> quotas 3.5 / 2.1 / 1.4 -> 3 + 2 + 1, the extra one to 'a'.
     assert Counter(keys[p][2] for p in stratified_val_positions(keys, 7, seed=3)) == {"a": 4, "b": 2, "c": 1}
     assert resolve_val_count(100, None, 0.05) == 5 and resolve_val_count(100, 7, None) == 7
+
+
+def test_file_layout_does_not_depend_on_chunk_size_or_workers(tmp_path):
+    # Incompressible images of ~100 KB, so parquet pages (1 MB) fill up and split inside row groups.
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    records = []
+    for i in range(40):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, size=(180, 180, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        (tmp_path / "img" / f"{i}.png").write_bytes(buffer.getvalue())
+        records.append({"id": f"n{i}", "category": "benign", "turns": [{"user": "<image> hi", "images": [f"img/{i}.png"]}]})
+    write_jsonl(tmp_path / "in.jsonl", records)
+    outputs = []
+    for chunk_size, workers in ((3, 1), (32, 2), (7, 2)):
+        out = tmp_path / f"out-{chunk_size}-{workers}"
+        convert_intersafe_v(tmp_path / "in.jsonl", out, val_size=4, workers=workers, chunk_size=chunk_size,
+                            row_group_rows=16, progress=False)
+        outputs.append(_bytes(out))
+    assert outputs[0] == outputs[1] == outputs[2]
