@@ -139,6 +139,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
     if assignment not in (TRAIN, VAL):
         raise RuntimeError(f"record {position} validated but was not assigned a split ({assignment!r})")
     turn_images: list[list[dict[str, bytes]]] = []
+    problems: list[dict[str, str]] = []
     resized = 0
     for t, turn in enumerate(dialogue.turns):
         stored = []
@@ -146,11 +147,14 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
             try:
                 data, was_resized = prepare_image(read_image_source(entry, job.base_dir), job.policy)
             except ImageCheckError as exc:
-                out.reject(Reject(position, dialogue.id, f"turns[{t}].images[{k}]", str(exc)))
-                return
+                problems.append({"field": f"turns[{t}].images[{k}]", "reason": str(exc)})
+                continue
             stored.append({"bytes": data})
             resized += was_resized
         turn_images.append(stored)
+    if problems:
+        out.reject(Reject(position, dialogue.id, problems[0]["field"], problems[0]["reason"], problems[1:]))
+        return
     first = dialogue.turns[0]
     out.add(
         position,

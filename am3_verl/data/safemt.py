@@ -180,6 +180,9 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
         return
     prompt = _prompt(item)
     entries = item.image_entries
+    if not entries:
+        out.reject(Reject(position, item.id, "image_path", "no image"))
+        return
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in prompt)
     if placeholders == 0:
         first_user = next(m for m in prompt if m["role"] == "user")

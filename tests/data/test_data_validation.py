@@ -118,6 +118,12 @@ def test_rejects_an_image_that_does_not_decode(workdir):
     rejects = _run_isv(workdir, [_dialogue("d-junk", turns=turns_junk), _dialogue("d-cut", turns=turns_cut)])[1]
     assert [(r["id"], r["field"]) for r in rejects] == [("d-junk", "turns[0].images[0]"), ("d-cut", "turns[1].images[1]")]
     assert all(r["reason"].startswith("image does not decode") for r in rejects)
+    # Every bad image of a dialogue is reported, the first as the reject's field.
+    turns_two_bad = [{"user": "<image> <image>", "images": ["img/junk.png", "img/nowhere.png"]}]
+    r = _only(_run_isv(workdir, [_dialogue("d-two", turns=turns_two_bad)])[1])
+    assert r["field"] == "turns[0].images[0]"
+    assert [e["field"] for e in r["other_errors"]] == ["turns[0].images[1]"]
+    assert r["other_errors"][0]["reason"].startswith("image file not found")
 
 
 def test_rejects_images_that_break_the_size_rules(workdir):
@@ -159,12 +165,15 @@ def test_rejects_safemt_items_with_bad_roles_or_placeholders(tmp_path):
     unknown_role = {**good, "id": 3, "dialogue": [{"role": "narrator", "content": "x"}]}
     blank = {**good, "id": 4, "dialogue": [{"role": "user", "content": " "}]}
     two_placeholders = {**good, "id": 5, "dialogue": [{"role": "user", "content": "<image> <image> hm"}]}
-    (tmp_path / "safemt.json").write_text(json.dumps([good, swapped, unknown_role, blank, two_placeholders, good]))
+    no_image = {**good, "id": 6, "image_path": []}
+    items = [good, swapped, unknown_role, blank, two_placeholders, no_image, good]
+    (tmp_path / "safemt.json").write_text(json.dumps(items))
     summary = convert_safemt(tmp_path / "safemt.json", tmp_path / "out", workers=1, progress=False)
-    assert (summary.counts.read, summary.counts.written["eval"], summary.counts.rejected) == (6, 1, 5)
+    assert (summary.counts.read, summary.counts.written["eval"], summary.counts.rejected) == (7, 1, 6)
     rejects = read_rejects(tmp_path / "out" / "rejects.jsonl")
     fields = [(r["id"], r["field"]) for r in rejects]
-    assert fields == [("2", "dialogue"), ("3", "dialogue[0].role"), ("4", "dialogue[0].content"), ("5", "dialogue"), ("1", "id")]
+    assert fields == [("2", "dialogue"), ("3", "dialogue[0].role"), ("4", "dialogue[0].content"), ("5", "dialogue"),
+                      ("6", "image_path"), ("1", "id")]
     assert "message 0 is 'assistant'; expected 'user'" in rejects[0]["reason"]
     assert "2 <image> placeholder(s) but 1 image(s)" in rejects[3]["reason"]
     row = pq.read_table(tmp_path / "out" / "safemt.parquet").to_pylist()[0]
