@@ -82,16 +82,18 @@ def spread_over_turns(per_turn: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
     A turn is a maximal run of ``mask`` (bool); positions where ``mask`` is False get 0.
     """
-    batch, length = mask.shape
-    if per_turn.shape[1] == 0 or length == 0:
+    if per_turn.shape[1] == 0 or mask.shape[1] == 0:
         return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     starts = torch.empty_like(mask)
     starts[:, 0] = mask[:, 0]
     torch.gt(mask[:, 1:], mask[:, :-1], out=starts[:, 1:])
-    # Running count of turn starts = 1 + index of the current turn; uint8 is the fast path for < 255 turns.
-    count_dtype = torch.uint8 if per_turn.shape[1] < 255 else torch.int32
-    turn = torch.cumsum(starts.view(torch.uint8) if count_dtype is torch.uint8 else starts.to(count_dtype), dim=1, dtype=count_dtype).long().sub_(1).clamp_(min=0)
-    return torch.gather(per_turn.to(torch.float32), 1, turn) * mask
+    # Running count of turn starts = 1 + index of the current turn; uint8 is the fast path below 255 turns.
+    if per_turn.shape[1] < 255:
+        count = torch.cumsum(starts.view(torch.uint8), dim=1, dtype=torch.uint8)
+    else:
+        count = torch.cumsum(starts, dim=1, dtype=torch.int32)
+    turn = count.long().sub_(1).clamp_(min=0)
+    return torch.gather(per_turn.to(torch.float32), 1, turn).masked_fill_(~mask, 0.0)
 
 
 def compute_am3_grpo_advantage(
@@ -127,5 +129,5 @@ def compute_am3_grpo_advantage(
             if result.whiten:
                 scored = computation.turns.scored
                 per_rollout = whiten_rollouts(per_rollout, mask.sum(dim=1) * scored)
-            advantages = per_rollout.to(torch.float32).unsqueeze(-1) * mask
+            advantages = torch.where(mask, per_rollout.to(torch.float32).unsqueeze(-1), 0.0)
     return advantages, advantages
