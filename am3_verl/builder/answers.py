@@ -8,6 +8,7 @@ counts as a ``parse`` failure and retries (the model may answer well next time).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Callable, Literal, TypeVar
@@ -96,8 +97,9 @@ class RiskVerdict(_Answer):
     rationale: str = Field(max_length=2000)
 
 
+@functools.lru_cache(maxsize=64)
 def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
-    """The ``response_format`` request field asking for ``model``'s JSON schema."""
+    """The ``response_format`` request field asking for ``model``'s JSON schema (built once; do not mutate)."""
     return {"type": "json_schema", "json_schema": {"name": name, "schema": model.model_json_schema(), "strict": True}}
 
 

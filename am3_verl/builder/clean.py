@@ -47,7 +47,7 @@ def find_duplicates(ctx: StageContext, dialogue: DialogueState) -> list[RemovedI
 async def _clean_dialogue(ctx: StageContext, item: ItemState, dialogue: DialogueState) -> None:
     if dialogue.removed_images is None:
         dialogue.removed_images = find_duplicates(ctx, dialogue)
-        ctx.save(item)
+        await ctx.save(item)
     turns = kept_turns(dialogue)
     transcript = "\n".join(
         f"Turn {k} (user){' [image]' if blob else ''}: {message}" for k, (message, blob) in enumerate(turns, start=1)
@@ -62,7 +62,7 @@ async def _clean_dialogue(ctx: StageContext, item: ItemState, dialogue: Dialogue
     if not dialogue.kept:
         why = "no identifiable risk" if not verdict.risk_identifiable else f"risk {risk:.2f} < min_risk {ctx.config.clean.min_risk:.2f}"
         dialogue.drop_reason = f"judge: {why} ({verdict.rationale})"
-    ctx.save(item)
+    await ctx.save(item)
 
 
 async def run_clean(ctx: StageContext, item: ItemState) -> None:
@@ -73,4 +73,4 @@ async def run_clean(ctx: StageContext, item: ItemState) -> None:
         if isinstance(result, BaseException):
             raise result
     item.status = "cleaned"
-    ctx.save(item)
+    await ctx.save(item)

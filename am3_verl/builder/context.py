@@ -46,9 +46,9 @@ class StageContext:
     on_call: Callable[[CallRecord], None] = field(default=lambda record: None)
     """Called for every finished call (progress display)."""
 
-    def save(self, item: ItemState) -> None:
-        """Checkpoint ``item``."""
-        self.store.save(item.seed_id, item)
+    async def save(self, item: ItemState) -> None:
+        """Checkpoint ``item`` (its state now; the file write runs off the event loop, in order per seed)."""
+        await self.store.save_async(item.seed_id, item)
 
     def blob(self, name: str) -> bytes:
         """Image bytes of a blob."""
@@ -73,7 +73,7 @@ class StageContext:
         item.calls.append(outcome.record)
         self.on_call(outcome.record)
         if not outcome.ok:
-            self.save(item)
+            await self.save(item)
             raise StageFailed(stage, role, outcome.record.error or "unknown error")
         return outcome.value  # type: ignore[return-value]
 
@@ -99,6 +99,6 @@ class StageContext:
         item.calls.append(record)
         self.on_call(record)
         if blob is None:
-            self.save(item)
+            await self.save(item)
             raise StageFailed(stage, "text_to_image", record.error or "unknown error")
         return blob

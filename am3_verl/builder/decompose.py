@@ -54,7 +54,7 @@ async def run_decompose(ctx: StageContext, item: ItemState) -> None:
                                 parser(Decomposition, check), Decomposition)
         state.proposed = answer.sub_queries
         state.sub_queries = [SubQueryState(pending=q) for q in answer.sub_queries]
-        ctx.save(item)
+        await ctx.save(item)
 
     total = len(state.sub_queries)
     for index, sub in enumerate(state.sub_queries):
@@ -72,7 +72,7 @@ async def run_decompose(ctx: StageContext, item: ItemState) -> None:
                             f"{'; '.join(_shortfalls(last, cfg.thresholds))}"
                         ),
                     )
-                    ctx.save(item)
+                    await ctx.save(item)
                     return
                 plan = numbered([s.accepted.text if s.accepted else (s.candidates[-1].text if s.candidates else (s.pending or ""))
                                  for s in state.sub_queries])
@@ -83,7 +83,7 @@ async def run_decompose(ctx: StageContext, item: ItemState) -> None:
                                          system_and_user(prompts.text("decomposer_system"), text, [image]),
                                          parser(Rewrite), Rewrite)
                 sub.pending = rewrite.sub_query
-                ctx.save(item)
+                await ctx.save(item)
             text = prompts.render("score", category=item.category, request=request,
                                   sub_query=quoted("SUB_QUESTION", sub.pending), position=position, total=total)
             scores = await ctx.chat(item, "scorer", STAGE, system_and_user(prompts.text("scorer_system"), text, [image]),
@@ -92,6 +92,6 @@ async def run_decompose(ctx: StageContext, item: ItemState) -> None:
             passed = all(normalised[name] >= cfg.thresholds[name] for name in CRITERIA)
             sub.candidates.append(Candidate(text=sub.pending, scores=normalised, rationale=scores.rationale, passed=passed))
             sub.pending = None
-            ctx.save(item)
+            await ctx.save(item)
     item.status = "decomposed"
-    ctx.save(item)
+    await ctx.save(item)

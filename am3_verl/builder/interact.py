@@ -103,17 +103,17 @@ async def _run_dialogue(ctx: StageContext, item: ItemState, victim: VictimConfig
             continue
         if t == len(dialogue.turns):
             dialogue.turns.append(await _attacker_move(ctx, item, dialogue, sub_queries, t))
-            ctx.save(item)
+            await ctx.save(item)
         turn = dialogue.turns[t]
         if turn.image == "new" and turn.image_blob is None:
             turn.image_blob = await ctx.draw(item, STAGE, turn.image_description)
-            ctx.save(item)
+            await ctx.save(item)
         reply = await ctx.chat(item, f"victim:{victim.name}", STAGE, _victim_messages(ctx, victim, dialogue.turns[: t + 1]),
                                non_empty_reply)
         turn.victim_reply = reply
-        ctx.save(item)
+        await ctx.save(item)
     dialogue.interacted = True
-    ctx.save(item)
+    await ctx.save(item)
 
 
 async def run_interact(ctx: StageContext, item: ItemState) -> None:
@@ -133,4 +133,4 @@ async def run_interact(ctx: StageContext, item: ItemState) -> None:
         if isinstance(result, BaseException):
             raise result
     item.status = "interacted"
-    ctx.save(item)
+    await ctx.save(item)

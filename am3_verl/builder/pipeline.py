@@ -162,13 +162,13 @@ def _needs_work(item: ItemState, stages: Sequence[str]) -> bool:
 async def _advance(ctx: StageContext, item: ItemState, stages: Sequence[str]) -> None:
     if item.failure is not None:
         item.failure = None
-        ctx.save(item)
+        await ctx.save(item)
     try:
         while (stage := NEXT_STAGE[item.status]) in stages:
             await RUNNERS[stage](ctx, item)
     except StageFailed as exc:
         item.failure = Failure(stage=exc.stage, role=exc.role, error=exc.error)
-        ctx.save(item)
+        await ctx.save(item)
 
 
 async def _run_items(ctx: StageContext, work: list[str], stages: Sequence[str], concurrency: int,

@@ -14,6 +14,8 @@ one, never a torn one. A blob is written before any record that names it. An exc
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import fcntl
 import hashlib
 import json
@@ -30,6 +32,8 @@ from am3_verl.judges.images import sniff_mime
 
 M = TypeVar("M", bound=BaseModel)
 
+BLOB_CACHE_BYTES = 64 * 1024**2
+"""Upper bound on the image bytes a store keeps in memory (blobs never change, so caching is safe)."""
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once, so written files get the usual permissions (mkstemp uses 0600)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -94,6 +98,9 @@ class CheckpointStore(Generic[M]):
                 stale.unlink(missing_ok=True)
         self.writes = 0
         """Records written by this store object (for tests and the summary)."""
+        self._key_locks: dict[str, asyncio.Lock] = {}
+        self._blob_cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._blob_cache_bytes = 0
 
     def close(self) -> None:
         """Release the store's lock (a later run may open it)."""
@@ -131,6 +138,15 @@ class CheckpointStore(Generic[M]):
         atomic_write(self.path(key), record.model_dump_json().encode("utf-8"), self.fsync)
         self.writes += 1
 
+    async def save_async(self, key: str, record: M) -> None:
+        """:meth:`save` with the file work in a worker thread, so slow filesystems do not stall the event
+        loop. The record is serialised now; writes of one key happen in call order (a FIFO lock per key)."""
+        data = record.model_dump_json().encode("utf-8")
+        lock = self._key_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(atomic_write, self.path(key), data, self.fsync)
+            self.writes += 1
+
     def keys_on_disk(self) -> int:
         """How many records exist."""
         return sum(1 for _ in self.items_dir.glob("*.json"))
@@ -148,11 +164,22 @@ class CheckpointStore(Generic[M]):
         return self.blobs_dir / name
 
     def read_blob(self, name: str) -> bytes:
-        """The bytes of blob ``name``; a missing blob is a :class:`BuilderError` (the store was tampered with)."""
+        """The bytes of blob ``name`` (recently used blobs are kept in memory, up to :data:`BLOB_CACHE_BYTES`);
+        a missing blob is a :class:`BuilderError` (the store was tampered with)."""
+        data = self._blob_cache.get(name)
+        if data is not None:
+            self._blob_cache.move_to_end(name)
+            return data
         try:
-            return self.blob_path(name).read_bytes()
+            data = self.blob_path(name).read_bytes()
         except FileNotFoundError:
             raise BuilderError(f"image blob {name} is missing from {self.blobs_dir}; the checkpoint store is damaged") from None
+        self._blob_cache[name] = data
+        self._blob_cache_bytes += len(data)
+        while self._blob_cache_bytes > BLOB_CACHE_BYTES and self._blob_cache:
+            _, dropped = self._blob_cache.popitem(last=False)
+            self._blob_cache_bytes -= len(dropped)
+        return data
 
     def read_manifest(self) -> dict | None:
         """The saved ``run.json``, or None."""
