@@ -5,11 +5,13 @@ score = sum of scores / judged turns, a win rate = wins / (wins + losses). The t
 are not independent, so the resampling unit is the item: draw ``n`` items with replacement, recompute
 the ratio, repeat ``n_resamples`` times, and take the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
 percentiles. Resamples whose denominator is 0 are left out. Draws are made in blocks as multinomial
-counts, so memory stays bounded for large evaluations.
+counts, so memory stays bounded for large evaluations, and the draws for one (items, resamples, seed)
+are reused by every metric over the same items (the intervals are then also mutually consistent).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, Iterator
 
 import numpy as np
@@ -17,7 +19,9 @@ import numpy as np
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
 _BLOCK_CELLS = 4_000_000
-"""Resample-by-item counts held at once (int64): about 32 MB."""
+"""Resample-by-item counts drawn at once (int64): about 32 MB."""
+_CACHE_CELLS = 32_000_000
+"""Up to this many counts (float32, 128 MB) are kept and reused by every metric over the same items."""
 
 
 def resample_counts(n: int, n_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -30,6 +34,21 @@ def resample_counts(n: int, n_resamples: int, rng: np.random.Generator) -> Itera
         size = min(block, n_resamples - done)
         yield rng.multinomial(n, np.full(n, 1.0 / n), size=size)
         done += size
+
+
+@lru_cache(maxsize=2)
+def _cached_blocks(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple(block.astype(np.float32) for block in resample_counts(n, n_resamples, rng))
+
+
+def _blocks(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The count blocks for ``(n, n_resamples, seed)``: the same draws every time (cached when small enough)."""
+    if n * n_resamples <= _CACHE_CELLS:
+        yield from _cached_blocks(n, n_resamples, seed)
+        return
+    for block in resample_counts(n, n_resamples, np.random.default_rng(seed)):
+        yield block.astype(np.float32)
 
 
 def bootstrap_statistic(
@@ -49,8 +68,7 @@ def bootstrap_statistic(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n == 0 or n_resamples <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    values = np.concatenate([np.asarray(statistic(c.astype(np.float64)), dtype=np.float64) for c in resample_counts(n, n_resamples, rng)])
+    values = np.concatenate([np.asarray(statistic(c), dtype=np.float64) for c in _blocks(n, n_resamples, seed)])
     values = values[~np.isnan(values)]
     if values.size == 0:
         return None

@@ -208,11 +208,21 @@ def read_results(results_dir: str | Path) -> list[ResultItem]:
 
 
 def write_results(results_dir: str | Path, items: Iterable[ResultItem]) -> Path:
-    """Write ``results.jsonl`` atomically (a temporary file renamed over the old one); returns its path."""
+    """Write ``results.jsonl`` atomically (a temporary file renamed over the old one); returns its path.
+
+    Raises :class:`ResultsFormatError` when two items share a ``uid`` (nothing is written then)."""
     path = Path(results_dir) / RESULTS_FILE
     tmp = path.with_suffix(".jsonl.tmp")
+    seen: dict[str, int] = {}
     with tmp.open("w", encoding="utf-8") as fh:
-        for item in items:
+        for number, item in enumerate(items, start=1):
+            if item.uid in seen:
+                fh.close()
+                tmp.unlink()
+                raise ResultsFormatError(
+                    f"items {seen[item.uid]} and {number} share uid {item.uid!r}; every item needs its own uid "
+                    "(e.g. '<prompt uid>#<rollout>'), or leave uid empty to use the id")
+            seen[item.uid] = number
             fh.write(item.model_dump_json(exclude_none=False) + "\n")
     os.replace(tmp, path)
     return path

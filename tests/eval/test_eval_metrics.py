@@ -208,3 +208,13 @@ def test_cold_start_messages_rows_give_a_benign_set(sample_data):
     assert general and all(not i.harmful and i.category == "benign" and len(i.turns) == 1 for i in general)
     assert refusal and all(i.harmful and i.category.startswith("refusal_") for i in refusal)
     assert all(i.turns[0].reference and len(i.turns[0].images) == 1 and not i.has_history for i in loaded.items)
+
+
+def test_write_results_refuses_shared_uids(tmp_path):
+    from am3_verl.eval.results import write_results
+
+    one = _item("same", [_turn(0, harmless=1.0)], item_id="a")
+    two = _item("same", [_turn(0, harmless=1.0)], item_id="b")
+    with pytest.raises(ResultsFormatError, match="items 1 and 2 share uid 'same'"):
+        write_results(tmp_path, [one, two])
+    assert not (tmp_path / "results.jsonl").exists() and not list(tmp_path.iterdir())
