@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 EXTRA_INFO_KEY = "am3_turn_scores"
 """Key of the JSON string in ``reward_extra_info`` that carries the per-turn scores."""
@@ -161,23 +160,20 @@ def decode_batch(token_level_rewards: torch.Tensor, response_mask: torch.Tensor)
     """Read the per-turn scores that :func:`encode_row` wrote, for a whole ``[batch, length]`` batch."""
     mask = response_mask.bool()
     batch, length = mask.shape
-    prev = F.pad(mask[:, :-1], (1, 0), value=False)
-    nxt = F.pad(mask[:, 1:], (0, 1), value=False)
-    starts = mask & ~prev
-    ends = mask & ~nxt
-    num_turns = starts.sum(dim=1)
-    max_turns = int(num_turns.max().item()) if batch else 0
-
-    rows, _ = starts.nonzero(as_tuple=True)  # row-major: sorted by row, then position
-    _, end_pos = ends.nonzero(as_tuple=True)
-    first_of_row = torch.cumsum(num_turns, 0) - num_turns
-    turn_idx = torch.arange(rows.numel(), device=rows.device) - first_of_row[rows]
-    if bool((end_pos == length - 1).any()):
-        row = int(rows[end_pos == length - 1][0])
+    if length and bool(mask[:, -1].any()):
+        row = int(mask[:, -1].nonzero()[0, 0])
         raise ValueError(
             f"decode_batch: row {row} has a turn ending on the last position, so it carries no helpfulness "
             "slot; rows must come from the am3 dialogue environment (see am3_verl.turn_scores)"
         )
+    # A turn ends at p when p is a policy token and p + 1 is not (bool a > b is a & ~b, in one pass); no
+    # turn ends on the last position (checked above), so these are all the turns.
+    ends = mask[:, :-1] > mask[:, 1:]
+    rows, end_pos = ends.nonzero(as_tuple=True)  # row-major: sorted by row, then position
+    num_turns = torch.bincount(rows, minlength=batch)
+    max_turns = int(num_turns.max().item()) if batch else 0
+    first_of_row = torch.cumsum(num_turns, 0) - num_turns
+    turn_idx = torch.arange(rows.numel(), device=rows.device) - first_of_row[rows]
     h_pos = end_pos + 1
 
     s_val = token_level_rewards[rows, end_pos].float()
