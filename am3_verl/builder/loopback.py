@@ -36,7 +36,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 from aiohttp import web
 from PIL import Image, ImageDraw, ImageFont

@@ -139,7 +139,7 @@ class _Table:
     def rows(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """``(position, record)`` in file order; None for a record that is not an object."""
         if self.records is None:
-            csv.field_size_limit(2**31 - 1)
+            csv.field_size_limit(2**31 - 1)  # base64 image columns (MME-Finance) exceed the 128 KiB default
             try:
                 with open(self.path, encoding="utf-8", newline="") as handle:
                     yield from enumerate(csv.DictReader(handle, delimiter=self.delimiter))
@@ -332,7 +332,7 @@ async def _write_answers(
             state.answer = outcome.value
         elif outcome.record.error and outcome.record.error.startswith("parse:"):
             state.rejected = f"the writer's answer never passed the format check: {outcome.record.error}"
-        store.save(sid, state)
+        await store.save_async(sid, state)
         bar.update(1)
 
     await asyncio.gather(*(one(*entry) for entry in batch))
