@@ -11,12 +11,13 @@ MODELS := $(VENV)/am3-tiny-models
 setup: $(STAMP)
 
 # Rebuilt only when the pins or the package metadata change; otherwise `make setup` is a no-op.
-$(STAMP): pyproject.toml requirements/cpu.txt requirements/cpu-lock.txt Makefile
+$(STAMP): pyproject.toml requirements/cpu.txt requirements/cpu-lock.txt Makefile tests/eval/ensure_chromium.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
 	$(PIP) install -q -r requirements/cpu.txt
 	$(PIP) install -q -c requirements/cpu-lock.txt -e ".[cpu]"
 	$(PY) -m am3_verl.local.tiny_models --output_dir $(MODELS) --force
+	bash tests/eval/ensure_chromium.sh
 	$(PY) -c "import verl, am3_verl.plugin as p; p.assert_loaded()"
 	touch $(STAMP)
 

@@ -7,6 +7,7 @@ swallows any exception it raises, so it stays light and :func:`assert_loaded` le
 
 from __future__ import annotations
 
+from am3_verl import advantage
 from am3_verl.env import registration as agent_loop_registration
 from am3_verl.local import cpu_platform
 
@@ -17,6 +18,7 @@ def register_all() -> None:
     """Register every am3-verl extension with verl's registries; safe to call more than once."""
     cpu_platform.register()
     agent_loop_registration.register()
+    advantage.register()
 
 
 def assert_loaded() -> None:
@@ -28,6 +30,7 @@ def assert_loaded() -> None:
         missing.append(f"platform {REGISTERED_PLATFORM!r}")
     if not agent_loop_registration.is_registered():
         missing.append(f"agent loop {agent_loop_registration.AGENT_NAME!r}")
+    missing.extend(advantage.missing_registrations())
     if missing:
         raise RuntimeError(
             "am3-verl plugin not loaded by `import verl` (missing: " + ", ".join(missing) + "). "

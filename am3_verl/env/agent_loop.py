@@ -97,6 +97,24 @@ def _has_vision_tower(model_path: str) -> bool:
     return getattr(AutoConfig.from_pretrained(model_path), "vision_config", None) is not None
 
 
+def _with_loaded_images(raw_prompt: Any) -> list[dict[str, Any]]:
+    """The prompt's messages, with every PIL image decoded here, on the event-loop thread.
+
+    verl repeats a prompt's row ``rollout.n`` times by reference, so all rollouts of a prompt share one
+    lazily-opened PIL image; decoding it concurrently from executor threads races inside PIL. Decoding
+    once, before any executor work, makes later reads safe.
+    """
+    messages = list(raw_prompt)
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            for block in content:
+                image = block.get("image") if isinstance(block, dict) else None
+                if hasattr(image, "load"):
+                    image.load()
+    return messages
+
+
 def _first_user_turn(messages: list[dict[str, Any]]) -> UserTurn:
     """The dataset's first user message as a :class:`UserTurn` (text with placeholders, image bytes)."""
     user = next(m for m in messages if m.get("role") == "user")
@@ -188,7 +206,7 @@ class DialogueAgentLoop(AgentLoopBase):
         metrics: dict[str, Any] = {}
         request_id = uuid4().hex
 
-        messages = list(kwargs["raw_prompt"])
+        messages = _with_loaded_images(kwargs["raw_prompt"])
         multi_modal = await self.process_multi_modal_info(messages)
         images = list(multi_modal.get("images") or [])
         self._assert_mm_supported(bool(images))

@@ -7,7 +7,10 @@ import sys
 PROBE = (
     "import verl\n"
     "from verl.plugin.platform import PlatformRegistry\n"
-    "print('cpu' in PlatformRegistry.registered_names())\n"
+    "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY\n"
+    "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry\n"
+    "print('cpu' in PlatformRegistry.registered_names() and 'am3_grpo' in ADV_ESTIMATOR_REGISTRY"
+    " and 'am3_dialogue' in _agent_loop_registry)\n"
 )
 
 
