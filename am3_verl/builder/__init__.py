@@ -17,6 +17,7 @@ Supporting modules, one job each:
 * :mod:`~am3_verl.builder.answers` – the JSON answer formats of the roles and their parsing;
 * :mod:`~am3_verl.builder.seeds` – seed records, their validation and the bundled seeds;
 * :mod:`~am3_verl.builder.state` / :mod:`~am3_verl.builder.store` – per-item checkpoints on disk;
+* :mod:`~am3_verl.builder.context` – what every stage works with (config, prompts, callers, store);
 * :mod:`~am3_verl.builder.calls` / :mod:`~am3_verl.builder.ledger` – metered model calls, the cost ledger;
 * :mod:`~am3_verl.builder.images_client` – the OpenAI-images-compatible text-to-image client;
 * :mod:`~am3_verl.builder.pipeline` / :mod:`~am3_verl.builder.export` – the run and its output files;

@@ -5,7 +5,8 @@
   turn that shows a picture; ``meta`` keeps the provenance (seed id and query, victim, sub-queries,
   drawn-picture descriptions, removed duplicates, the judge's verdict and, by default, the victim's
   replies);
-* ``images/<dialogue id>-<turn>-0.<ext>`` – the pictures those lines name (hard links to the blobs where
+* ``images/<dialogue id>-<turn>-0.<ext>`` – the pictures those lines name (ids that are not safe file
+  names are sanitised and get a short hash) (hard links to the blobs where
   the filesystem allows, copies otherwise); built in a fresh folder and swapped in, so no stale file
   stays behind;
 * ``dropped.jsonl`` – one row per dropped seed (decompose) or dropped dialogue (clean), with the reason;
@@ -28,7 +29,7 @@ from am3_verl.builder.clean import kept_turns, user_text
 from am3_verl.builder.config import BuilderConfig
 from am3_verl.builder.ledger import Ledger
 from am3_verl.builder.state import ItemState
-from am3_verl.builder.store import CheckpointStore, atomic_write, file_mode
+from am3_verl.builder.store import CheckpointStore, atomic_write, file_mode, safe_stem
 from am3_verl.dialogue import Dialogue
 
 OUTPUT_FILE = "intersafe_v.jsonl"
@@ -131,7 +132,7 @@ def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: C
                     if blob is None:
                         names.append(None)
                         continue
-                    name = f"{record_id}-{t}-0.{blob.rsplit('.', 1)[1]}"
+                    name = f"{safe_stem(record_id)}-{t}-0.{blob.rsplit('.', 1)[1]}"
                     _link_or_copy(store.blob_path(blob), new_images / name)
                     names.append(name)
                     counts.images += 1

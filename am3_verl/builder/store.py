@@ -65,6 +65,14 @@ def file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
+def safe_stem(text: str) -> str:
+    """``text`` if it is a safe file name stem, else a sanitised version with a hash of ``text`` appended."""
+    cleaned = _UNSAFE.sub("_", text).strip("._")[:120]
+    if cleaned == text:
+        return text
+    return f"{cleaned or 'x'}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
+
+
 def key_filename(key: str) -> str:
     """A file name for ``key``: readable, safe on every filesystem, and distinct for distinct keys."""
     readable = _UNSAFE.sub("_", key).strip("._")[:80] or "item"

@@ -232,9 +232,11 @@ def test_new_picture_budget_and_disabled_text_to_image(tmp_path, chat_server, im
     assert [len(t["images"]) for t in record["turns"]] == [1, 1, 0]
 
     chat_server.reset_stats()
-    build(seeds, tmp_path / "disabled", config(chat_server.base_url, None), progress=False)
-    record = _dialogues(tmp_path / "disabled")["isv-greedy-victim_b"]
+    no_replies = config(chat_server.base_url, None, output={"victim_replies": "none", "id_prefix": "mine/"})
+    build(seeds, tmp_path / "disabled", no_replies, progress=False)
+    record = _dialogues(tmp_path / "disabled")["mine/greedy-victim_b"]
     assert record["meta"]["new_images"] == [] and record["meta"]["denied_new_images"] == [1, 2]
+    assert "victim_replies" not in record["meta"] and all("assistant" not in turn for turn in record["turns"])
     attacker_prompts = [request_text(r.body) for r in chat_server.last_requests() if r.body["model"] == "stub-attacker"]
     assert all("no new pictures can be drawn" in p for p in attacker_prompts if "turn 1 of" not in p)
 
