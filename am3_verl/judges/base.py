@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import weakref
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
+from am3_verl.judges.client import per_loop
 from am3_verl.judges.images import sniff_mime
 
 
@@ -132,7 +132,7 @@ class Judge:
         self.cache_size = cache_size
         self.concurrency = concurrency
         self._cache: OrderedDict[str, TurnJudgment] = OrderedDict()
-        self._loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self.stats: Counter[str] = Counter()
         """Process totals: requests, calls (unique judgments started), shared, cache_hits, failed."""
 
@@ -176,10 +176,7 @@ class Judge:
 
     def _state(self) -> "_LoopState":
         loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = _LoopState(loop)
-        return state
+        return per_loop(self._loops, loop, lambda: _LoopState(loop))
 
     async def _work(self, state: "_LoopState") -> None:
         while True:

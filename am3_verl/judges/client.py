@@ -32,7 +32,6 @@ import asyncio
 import json
 import logging
 import time
-import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Generic, TypeVar
@@ -136,15 +135,24 @@ def _fail(kind: str, message: str, retryable: bool, retry_after: float | None = 
 
 
 # One semaphore per (event loop, concurrency group): the per-process limit.
-_SEMAPHORES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[int, asyncio.Semaphore]]]" = (
-    weakref.WeakKeyDictionary()
-)
+_SEMAPHORES: dict[asyncio.AbstractEventLoop, dict[str, tuple[int, asyncio.Semaphore]]] = {}
+
+
+def per_loop(table: dict, loop: asyncio.AbstractEventLoop, make: Callable[[], Any]) -> Any:
+    """``table[loop]``, created by ``make()`` on first use; entries of closed loops are dropped then.
+
+    (Per-loop asyncio objects reference their loop, so a weak-keyed table would never let go of it.)"""
+    value = table.get(loop)
+    if value is None:
+        for old in [key for key in table if key.is_closed()]:
+            del table[old]
+        value = table[loop] = make()
+    return value
 
 
 def process_semaphore(group: str, limit: int) -> asyncio.Semaphore:
     """The running loop's shared semaphore for ``group``; raises if it exists with another limit."""
-    loop = asyncio.get_running_loop()
-    groups = _SEMAPHORES.setdefault(loop, {})
+    groups = per_loop(_SEMAPHORES, asyncio.get_running_loop(), dict)
     if group not in groups:
         groups[group] = (limit, asyncio.Semaphore(limit))
     existing_limit, semaphore = groups[group]
@@ -161,9 +169,7 @@ class ChatClient:
 
     def __init__(self, config: ChatClientConfig) -> None:
         self.config = config
-        self._sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator]]" = (
-            weakref.WeakKeyDictionary()
-        )
+        self._sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator]] = {}
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._backoff = wait_exponential_jitter(
             multiplier=config.backoff_initial_s, max=config.backoff_max_s, jitter=config.backoff_initial_s
@@ -185,7 +191,8 @@ class ChatClient:
         )
         closer = _close_at_loop_shutdown(session)
         await closer.__anext__()
-        self._sessions[loop] = (session, closer)
+        self._sessions.pop(loop, None)
+        per_loop(self._sessions, loop, lambda: (session, closer))
         return session
 
     def _headers(self) -> dict[str, str]:

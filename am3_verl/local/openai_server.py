@@ -41,6 +41,7 @@ import asyncio
 import collections
 import inspect
 import json
+import pickle
 import random
 import socket
 import struct
@@ -428,7 +429,6 @@ class LoopbackOpenAIServerProcess:
     def start(self, timeout_s: float = 60.0) -> "LoopbackOpenAIServerProcess":
         """Start the child process and wait until it serves; returns self."""
         import multiprocessing
-        import pickle
 
         try:
             pickle.dumps(self._kwargs)
@@ -463,7 +463,12 @@ class LoopbackOpenAIServerProcess:
             raise RuntimeError("LoopbackOpenAIServerProcess is not running")
         with self._lock:
             try:
-                self._conn.send((method, args))
+                self._conn.send((method, args))  # pickles first: nothing is written if that fails
+            except (AttributeError, TypeError, pickle.PicklingError) as exc:
+                raise TypeError(f"{method}: arguments must be picklable to reach the server process: {exc}") from None
+            except OSError as exc:
+                raise RuntimeError(f"loopback server process is gone ({exc!r})") from None
+            try:
                 status, value = self._conn.recv()
             except (EOFError, OSError) as exc:
                 raise RuntimeError(f"loopback server process is gone ({exc!r})") from None

@@ -186,3 +186,11 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="max_concurrency"):
         ChatClientConfig(base_url="http://x/v1", model="m", max_concurrency=0)
     assert "secret" not in repr(ChatClientConfig(base_url="http://x/v1", model="m", api_key="secret"))
+
+
+def test_per_loop_state_of_finished_loops_is_dropped():
+    with LoopbackOpenAIServer(constant_responder("x")) as server:
+        client = client_for(server)
+        for _ in range(3):
+            assert asyncio.run(client.complete(MESSAGES)).ok  # no aclose: asyncio.run closes the session
+        assert len(client._sessions) == 1  # only the last loop's entry survives

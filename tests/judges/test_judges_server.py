@@ -250,3 +250,25 @@ def test_guard_responders_answer_in_the_guard_formats():
     assert qwen(convo("I'm sorry, no.")) == "Safety: Safe\nCategories: None\nRefusal: Yes"
     assert qwen(convo("HARMFUL")) == "Safety: Unsafe\nCategories: Violent\nRefusal: No"
     assert qwen(convo("BORDERLINE")).startswith("Safety: Controversial\n")
+
+
+def test_separate_process_server_has_the_same_interface():
+    from am3_verl.local.openai_server import LoopbackOpenAIServerProcess
+
+    with LoopbackOpenAIServerProcess(RuleJudgeResponder(), FaultPlan(schedule=["http_500"]), model="p-1") as server:
+        assert post(server).status_code == 500
+        reply = post(server)
+        assert parse_verdict(reply.json()["choices"][0]["message"]["content"]).helpful == 8
+        stats = server.stats()
+        assert (stats.total, stats.served, stats.faults["http_500"]) == (2, 1, 1)
+        recorded = server.last_requests()
+        assert [r.fault for r in recorded] == ["http_500", "ok"] and recorded[-1].received_at > 0
+        server.set_faults(FaultPlan(p_reset=1.0))
+        with pytest.raises(httpx.HTTPError):
+            post(server)
+        server.reset_stats()
+        assert server.stats().total == 0
+        with pytest.raises(TypeError, match="picklable"):
+            server.set_responder(lambda body: "x")  # lambdas cannot cross the process boundary
+    with pytest.raises(TypeError, match="picklable"):
+        LoopbackOpenAIServerProcess(lambda body: "x").start()
