@@ -125,13 +125,8 @@ class _AttemptError(Exception):
         self.retry_after = retry_after
 
 
-class _Retryable(_AttemptError):
-    pass
-
-
 def _fail(kind: str, message: str, retryable: bool, retry_after: float | None = None) -> _AttemptError:
-    cls = _Retryable if retryable else _AttemptError
-    return cls(kind, message, retryable, retry_after)
+    return _AttemptError(kind, message, retryable, retry_after)
 
 
 # One semaphore per (event loop, concurrency group): the per-process limit.
@@ -228,7 +223,8 @@ class ChatClient:
 
         ``messages`` may be a zero-argument callable: it is then called once, when the first attempt
         gets its concurrency slot, so thousands of queued calls do not all build (and hold) their
-        request bodies up front."""
+        request bodies up front. ``parse`` rejects an answer by raising ``ValueError`` (pydantic's
+        ``ValidationError`` is one); that counts as a ``parse`` failure."""
         payload: list[bytes] = []
 
         def body() -> bytes:
@@ -253,7 +249,7 @@ class ChatClient:
             except ValueError as exc:  # the caller's parser rejected the answer
                 error = _fail("parse", str(exc), self.config.retry_parse_errors)
             if self.config.api_key and self.config.api_key in str(error):  # a server that echoes the key
-                error = type(error)(error.kind, str(error).replace(self.config.api_key, "***"), error.retryable, error.retry_after)
+                error = _fail(error.kind, str(error).replace(self.config.api_key, "***"), error.retryable, error.retry_after)
             failures[error.kind] += 1
             logger.debug("chat attempt %d to %s failed (%s): %s", attempts, self._url, error.kind, error)
             if state is None:

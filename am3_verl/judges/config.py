@@ -144,14 +144,33 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value)
 
 
+_RESOLVED: dict[tuple, JudgeConfig] = {}
+
+
 def resolve_judge_config(kwargs: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> JudgeConfig:
     """Build a :class:`JudgeConfig` from keyword arguments (e.g. verl reward kwargs) and the environment.
 
     Raises ``ValueError`` for unknown keys, keys passed as arguments, bad values, or a backend
-    missing its endpoint.
+    missing its endpoint. Results are memoised on (arguments, judge environment variables), since the
+    reward function resolves the same settings on every call.
     """
     kwargs = dict(kwargs or {})
     environ = os.environ if environ is None else environ
+    try:
+        key = (tuple(sorted(kwargs.items())), tuple(environ.get(var) for var in ENV.values()))
+        hash(key)
+    except TypeError:  # an unhashable argument value: resolve without memoising
+        return _resolve(kwargs, environ)
+    config = _RESOLVED.get(key)
+    if config is None:
+        config = _resolve(kwargs, environ)
+        if len(_RESOLVED) >= 256:
+            _RESOLVED.clear()
+        _RESOLVED[key] = config
+    return config
+
+
+def _resolve(kwargs: dict[str, Any], environ: Mapping[str, str]) -> JudgeConfig:
     secrets = sorted(SECRET_FIELDS & kwargs.keys())
     if secrets:
         raise ValueError(
