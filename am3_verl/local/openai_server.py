@@ -117,7 +117,7 @@ class RecordedRequest:
 
     index: int
     fault: str
-    """``"ok"`` or the fault kind injected."""
+    """``"ok"``, the fault kind injected, or ``"rejected"`` (bad key or invalid body: no fault applied)."""
     body: Any
     """The parsed JSON body (or the raw text if it was not JSON)."""
     authorized: bool
@@ -317,10 +317,16 @@ class LoopbackOpenAIServer:
             self._stats.total += 1
             self._stats.in_flight += 1
             self._stats.max_in_flight = max(self._stats.max_in_flight, self._stats.in_flight)
-            plan = self._faults
-            fault = self._choose_fault(index, body)
-            delay = plan.latency_s + (self._rng.random() * plan.latency_jitter_s if plan.latency_jitter_s else 0.0)
         try:
+            with self._lock:
+                plan = self._faults
+                try:
+                    fault = self._choose_fault(index, body)
+                except Exception as exc:  # a broken schedule callable is test code: answer 500, loudly
+                    self._stats.rejected += 1
+                    self._stats.responder_errors += 1
+                    return _error(500, "schedule_error", f"{type(exc).__name__}: {exc}")
+                delay = plan.latency_s + (self._rng.random() * plan.latency_jitter_s if plan.latency_jitter_s else 0.0)
             return await self._answer(request, index, body, fault, plan, delay, received_at)
         finally:
             with self._lock:
@@ -331,8 +337,9 @@ class LoopbackOpenAIServer:
     ) -> web.StreamResponse:
         authorized = self._authorized(request)
         problem, num_images = _validate_chat_body(body) if authorized else (None, 0)
+        recorded_fault = fault if authorized and problem is None else "rejected"
         with self._lock:
-            self._recent.append(RecordedRequest(index, fault, body, authorized, num_images, received_at))
+            self._recent.append(RecordedRequest(index, recorded_fault, body, authorized, num_images, received_at))
         if not authorized:
             self._count(rejected=True)
             return _error(401, "invalid_api_key", "Incorrect API key provided")
@@ -342,7 +349,7 @@ class LoopbackOpenAIServer:
 
         if delay > 0:
             await asyncio.sleep(delay)
-        if fault != "ok":
+        if fault not in ("ok", "latency"):  # a latency fault is counted once its answer is sent
             self._count(fault=fault)
         if fault == "latency":
             await asyncio.sleep(plan.added_latency_s)
@@ -386,6 +393,8 @@ class LoopbackOpenAIServer:
             return _error(500, "responder_error", f"{type(exc).__name__}: {exc}")
         if fault == "ok":
             self._count(served=True)
+        else:
+            self._count(fault=fault)
         return web.json_response(_completion(body.get("model") or self.model, content, request.content_length or 0))
 
     def _count(self, *, served: bool = False, rejected: bool = False, fault: str | None = None) -> None:

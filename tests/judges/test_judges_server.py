@@ -272,3 +272,30 @@ def test_separate_process_server_has_the_same_interface():
             server.set_responder(lambda body: "x")  # lambdas cannot cross the process boundary
     with pytest.raises(TypeError, match="picklable"):
         LoopbackOpenAIServerProcess(lambda body: "x").start()
+
+
+def test_counters_add_up_when_requests_are_rejected_or_the_policy_fails():
+    def flaky(body: dict) -> str:
+        if "boom" in json.dumps(body):
+            raise ValueError("boom")
+        return "fine"
+
+    def schedule(index: int, body: dict) -> str | None:
+        if "bad-schedule" in json.dumps(body):
+            raise KeyError("no such request")
+        return "latency"
+
+    boom = {"model": "m", "messages": [{"role": "user", "content": "boom"}]}
+    broken_schedule = {"model": "m", "messages": [{"role": "user", "content": "bad-schedule"}]}
+    with LoopbackOpenAIServer(flaky, FaultPlan(schedule=schedule, added_latency_s=0.01), api_key="k") as server:
+        auth = {"Authorization": "Bearer k"}
+        assert post(server, headers=auth).status_code == 200
+        assert post(server, boom, headers=auth).status_code == 500
+        assert post(server, broken_schedule, headers=auth).json()["error"]["code"] == "schedule_error"
+        assert post(server).status_code == 401
+        assert post(server, {"model": "m"}, headers=auth).status_code == 400
+        stats = server.stats()
+        assert stats.total == 5 and stats.in_flight == 0
+        assert (stats.served, stats.faults["latency"], stats.rejected, stats.responder_errors) == (0, 1, 4, 2)
+        assert stats.total == stats.served + sum(stats.faults.values()) + stats.rejected
+        assert [r.fault for r in server.last_requests()] == ["latency", "latency", "rejected", "rejected"]
