@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# AM3 GRPO of Qwen2.5-VL-7B-Instruct over whole dialogues, from the cold-start SFT checkpoint.
+# Hardware: 1 node, 8x 80 GB GPUs for the policy (vLLM rollout TP 2 + FSDP2 training, colocated), plus
+# the judge on its own GPUs (e.g. 4 more), e.g.:
+#   vllm serve Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 4 --port 8000 --max-model-len 32768 \
+#     --limit-mm-per-prompt '{"image": 8}'
+#   export AM3_JUDGE_BASE_URL=http://judge-host:8000/v1 AM3_JUDGE_MODEL=Qwen/Qwen2.5-VL-72B-Instruct
+# Data: `python data_prep/intersafe_v.py --input ... --output_dir $DATA_DIR` (rl_train / rl_val parquet).
+# Watch: am3/* metrics (harmless, helpful, asr, alpha by turn, judge failures) every step,
+# val-aux/intersafe_v/{asr,harmless,helpful}/mean@1 at each test_freq, response_length/clip_ratio
+# (whole dialogues must fit data.max_response_length).
+# Extra key=value arguments replace the values below.
+set -euo pipefail
+RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$RECIPES/lib.sh"
+
+DATA_DIR=${DATA_DIR:-$HOME/data/am3}
+MODEL_PATH=${MODEL_PATH:?set MODEL_PATH to the cold-start checkpoint (its huggingface folder)}
+CKPT_DIR=${CKPT_DIR:-$HOME/checkpoints/am3/am3_grpo_qwen2_5_vl_7b}
+REPO_DIR="$(dirname "$RECIPES")"
+
+OVERRIDES=(
+  # The method: turn-aware dual-objective advantage (paper eqs. 6-9); defaults shown explicitly.
+  algorithm.adv_estimator=am3_grpo
+  +algorithm.am3.tau=0.5
+  +algorithm.am3.lambda_=1.0
+  +algorithm.am3.beta=1.0
+  +algorithm.am3.temperature=1.0
+  +algorithm.am3.variant=paper
+  # Per-turn scores travel in the token rewards: no KL penalty may be added to them (KL is in the loss).
+  algorithm.use_kl_in_reward=False
+  data.train_files="$DATA_DIR/rl_train.parquet"
+  data.val_files="$DATA_DIR/rl_val.parquet"
+  data.image_key=images
+  # Paper: global batch 128 dialogues, 8 rollouts each.
+  data.train_batch_size=128
+  # The prompt is the first user turn; the response holds every reply plus the later user turns and
+  # their image tokens, so it is much longer than a single-turn recipe's.
+  data.max_prompt_length=2048
+  data.max_response_length=6144
+  data.filter_overlong_prompts=True
+  actor_rollout_ref.model.path="$MODEL_PATH"
+  actor_rollout_ref.model.use_remove_padding=True
+  actor_rollout_ref.model.enable_gradient_checkpointing=True
+  actor_rollout_ref.actor.strategy=fsdp2
+  actor_rollout_ref.actor.optim.lr=1e-6
+  # Paper: PPO mini-batch 8 dialogues (x 8 rollouts = 64 sequences per update, 16 updates per step).
+  actor_rollout_ref.actor.ppo_mini_batch_size=8
+  actor_rollout_ref.actor.use_dynamic_bsz=True
+  actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384
+  actor_rollout_ref.actor.use_kl_loss=True
+  actor_rollout_ref.actor.kl_loss_coef=0.01
+  actor_rollout_ref.actor.kl_loss_type=low_var_kl
+  actor_rollout_ref.actor.entropy_coeff=0
+  actor_rollout_ref.ref.strategy=fsdp2
+  actor_rollout_ref.rollout.name=vllm
+  actor_rollout_ref.rollout.tensor_model_parallel_size=2
+  actor_rollout_ref.rollout.gpu_memory_utilization=0.6
+  actor_rollout_ref.rollout.n=8
+  # Up to 8 images per dialogue reach vLLM (InterSafe-V averages 1.53); a RolloutConfig field absent from the YAML.
+  +actor_rollout_ref.rollout.limit_images=8
+  # Whole-dialogue rollouts: the am3_dialogue agent loop replays the dataset's later user turns.
+  actor_rollout_ref.rollout.agent.agent_loop_config_path="$REPO_DIR/recipes/agent_loops/am3_dialogue.yaml"
+  actor_rollout_ref.rollout.agent.default_agent_loop=am3_dialogue
+  # Per-turn judge scores (harmless + helpful) from the judge endpoint in AM3_JUDGE_BASE_URL.
+  reward.custom_reward_function.path="$REPO_DIR/reward_fns/am3_multi_turn.py"
+  reward.custom_reward_function.name=compute_score
+  +reward.custom_reward_function.reward_kwargs.max_concurrency=256
+  +reward.custom_reward_function.reward_kwargs.timeout_s=120
+  # verl's sync trainer plus the am3/* training metrics (harmless, helpful, ASR, alpha) every step.
+  trainer.v1.trainer_mode=am3_sync
+  trainer.project_name=am3-verl
+  trainer.experiment_name=am3_grpo_qwen2_5_vl_7b
+  trainer.default_local_dir="$CKPT_DIR"
+  trainer.logger='[console,wandb]'
+  trainer.n_gpus_per_node=8
+  trainer.nnodes=1
+  # Paper: fewer than 15 epochs over 7,000 dialogues.
+  trainer.total_epochs=15
+  trainer.save_freq=50
+  trainer.test_freq=25
+  trainer.val_before_train=True
+)
+
+am3_run python3 -m verl.trainer.main_ppo -- "${OVERRIDES[@]}" -- "$@"
