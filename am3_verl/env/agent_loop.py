@@ -43,6 +43,7 @@ from verl.utils.profiler import simple_timer
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
 from am3_verl.env.output import DialogueAgentLoopOutput
 from am3_verl.env.registration import AGENT_NAME
+from am3_verl.models.llava_next_tokens import continuous_token_builder_for
 from am3_verl.env.user_turns import (
     SimulatedUser,
     SimulatorConfig,
@@ -162,6 +163,10 @@ class DialogueAgentLoop(AgentLoopBase):
         kwargs.pop("tools", None)
         self.hf_model_type_name = kwargs.get("hf_model_type")
         super().__init__(*args, **kwargs)
+        # verl has no per-model_type builder registry; LLaVA-NeXT needs its template's turn boundary.
+        self.continuous_token_builder = continuous_token_builder_for(
+            self.continuous_token_builder, hf_model_type=self.hf_model_type_name
+        )
         if user_source not in ("replay", "simulate", "hybrid"):
             raise ValueError(f"{AGENT_NAME}: user_source must be replay, simulate or hybrid, got {user_source!r}")
         if user_source != "replay" and not max_turns:
