@@ -39,7 +39,6 @@ import functools
 import importlib
 import logging
 import sys
-import types
 from typing import Any, Callable, Optional
 
 logger = logging.getLogger(__name__)
@@ -62,6 +61,7 @@ PATCHED_MODULES: tuple[str, ...] = (
 """Every module of verl 0.9.1 that binds ``hf_processor`` by name (``grep -rn hf_processor verl``)."""
 
 _WRAPPER_MARK = "__am3_llava_next__"
+"""Attribute set on the wrapped ``hf_processor``."""
 
 
 def max_num_patches(image_processor: Any) -> int:
@@ -91,22 +91,13 @@ def _crop_edge(image_processor: Any) -> int:
     return edge
 
 
-def fix_patch_count(image_processor: Any) -> Any:
-    """Make ``image_processor`` pad every image's crops to :func:`max_num_patches` (see the module docstring).
+class _FixedPatchCount:
+    """Mixin over a LLaVA-NeXT image processor: fixed crop count, ViT ``patch_size`` for verl, clean ``to_dict``."""
 
-    Replaces the instance's ``_pad_for_batching`` (the hook both LLaVA-NeXT image-processor backends
-    call) with one that pads to the fixed count; returns the same object. Idempotent.
-    """
-    if getattr(image_processor, _WRAPPER_MARK, False):
-        return image_processor
-    if not callable(getattr(image_processor, "_pad_for_batching", None)):
-        raise TypeError(
-            f"{type(image_processor).__name__} has no _pad_for_batching; the fixed-patch-count policy of "
-            "am3_verl.models.llava_next was written for transformers' LlavaNextImageProcessor(Pil)"
-        )
-    target = max_num_patches(image_processor)
+    _am3_vit_patch_size: Optional[int] = None
 
-    def _pad_for_batching(self: Any, pixel_values: list[Any]) -> list[Any]:
+    def _pad_for_batching(self, pixel_values: list[Any]) -> list[Any]:
+        target = max_num_patches(self)
         padded = []
         for image in pixel_values:
             count = int(image.shape[0])
@@ -115,9 +106,42 @@ def fix_patch_count(image_processor: Any) -> Any:
             padded.append(_pad_first_dim(image, target))
         return padded
 
-    image_processor._pad_for_batching = types.MethodType(_pad_for_batching, image_processor)
-    image_processor.max_num_patches = target
-    setattr(image_processor, _WRAPPER_MARK, True)
+    @property
+    def patch_size(self) -> Optional[int]:
+        # verl's datasets read ``processor.image_processor.patch_size`` (MultiTurnSFTDataset requires it)
+        return self._am3_vit_patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        # Saved checkpoints stay plain Hugging Face ones: no am3 attributes, the stock class name.
+        output = super().to_dict()
+        output.pop("_am3_vit_patch_size", None)
+        output["image_processor_type"] = type(self).__mro__[2].__name__
+        return output
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_class(base: type) -> type:
+    # Same __name__ as the base, so anything keyed on the class name (verl, transformers) sees the stock class.
+    return type(base.__name__, (_FixedPatchCount, base), {"__module__": base.__module__, "__doc__": base.__doc__})
+
+
+def fix_patch_count(image_processor: Any, vit_patch_size: Optional[int] = None) -> Any:
+    """Make ``image_processor`` pad every image's crops to :func:`max_num_patches` (see the module docstring).
+
+    Switches the instance to a subclass of its own class that overrides ``_pad_for_batching`` (the hook
+    both LLaVA-NeXT image-processor backends call) and exposes ``patch_size`` (the vision tower's patch,
+    which verl's datasets read); returns the same object. Idempotent.
+    """
+    if isinstance(image_processor, _FixedPatchCount):
+        return image_processor
+    if not callable(getattr(image_processor, "_pad_for_batching", None)):
+        raise TypeError(
+            f"{type(image_processor).__name__} has no _pad_for_batching; the fixed-patch-count policy of "
+            "am3_verl.models.llava_next was written for transformers' LlavaNextImageProcessor(Pil)"
+        )
+    max_num_patches(image_processor)  # fail now, not at the first image, when pinpoints are missing
+    image_processor.__class__ = _fixed_class(type(image_processor))
+    image_processor._am3_vit_patch_size = vit_patch_size
     return image_processor
 
 
@@ -163,7 +187,8 @@ def load_processor(name_or_path: Any, **kwargs: Any) -> Any:
             f"not {PROCESSOR_CLASS}"
         )
     processor.config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    fix_patch_count(processor.image_processor)
+    vit_patch_size = getattr(processor, "patch_size", None) or processor.config.vision_config.patch_size
+    fix_patch_count(processor.image_processor, vit_patch_size=int(vit_patch_size))
     return processor
 
 
