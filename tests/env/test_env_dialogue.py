@@ -177,7 +177,18 @@ def test_simulate_without_max_turns_is_a_config_error(tiny_qwen_dir, write_rl_pa
         play(tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, [dialogue_row(0, FOUR_TEXT_TURNS)], client, response_length=64, user_source="simulate")
 
 
-def test_tiny_llava_fails_at_construction_naming_the_missing_processor(tiny_llava_dir, write_rl_parquet, agent_loop_yaml):
-    client = CannedGenerationClient([[HELLO, IM_END]])
-    with pytest.raises(InstantiationException, match="vision-language model .*llava_next.* no processor"):
-        play(tiny_llava_dir, write_rl_parquet, agent_loop_yaml, [dialogue_row(0, FOUR_TEXT_TURNS)], client, response_length=64)
+def test_tiny_llava_plays_an_image_dialogue(tiny_llava_dir, write_rl_parquet, agent_loop_yaml):
+    import am3_verl.models
+
+    am3_verl.models.register()  # also done by the plugin entry point
+    turns = [("<image>What is this?", [png((200, 30, 30))]), ("And this one? <image>", [png((30, 200, 30), (96, 40))])]
+    client = CannedGenerationClient([[HELLO, WORLD, IM_END]])
+    out = play(tiny_llava_dir, write_rl_parquet, agent_loop_yaml, [dialogue_row(0, turns)], client, response_length=256)
+    records, info = out.non_tensor_batch["am3_turns"][0], out.non_tensor_batch["am3_dialogue"][0]
+    assert info["stop_reason"] == "script_end" and [r["reply"] for r in records] == ["Hello world"] * 2
+    assert [c["num_images"] for c in client.calls] == [1, 2]
+    inputs = out.non_tensor_batch["multi_modal_inputs"][0]
+    assert set(inputs) == {"pixel_values", "image_sizes"} and inputs["image_sizes"].shape == (2, 2)
+    image_token = 151665  # LLaVA's <image>, after Qwen's specials
+    between = out.batch["responses"][0, records[0]["span"][1] : records[1]["span"][0]]
+    assert (between == image_token).sum() > 0 and between[0] == 198  # "\n" after the reply's <|im_end|>, as the template renders

@@ -65,14 +65,18 @@ def test_verl_loads_the_tiny_qwen(tiny_qwen_dir):
     assert hasattr(processor, "get_rope_index")  # verl bound Qwen2.5-VL's M-RoPE index to it
 
 
-def test_verl_loads_the_tiny_llava_tokenizer_but_has_no_llava_processor(tiny_llava_dir):
-    # verl 0.9.1's hf_processor only knows Qwen-VL/GLM-4V/Gemma4/Mllama processors; LLaVA-NeXT support is
-    # am3-verl's job (README, "Supported base models"). This pins today's verl behaviour.
+def test_verl_loads_the_tiny_llava_tokenizer_and_processor_with_am3_support(tiny_llava_dir):
+    # verl 0.9.1's hf_processor alone only knows Qwen-VL/GLM-4V/Gemma4/Mllama processors; am3-verl's
+    # LLaVA-NeXT support (am3_verl.models, activated by the plugin) makes it return LLaVA-NeXT's processor.
+    import am3_verl.models
     from verl.utils import hf_processor, hf_tokenizer
 
+    am3_verl.models.register()
     assert hf_tokenizer(str(tiny_llava_dir))("Hello world")["input_ids"] == [9707, 1879]
+    processor = hf_processor(str(tiny_llava_dir))
+    assert type(processor).__name__ == "LlavaNextProcessor" and not hasattr(processor, "get_rope_index")
     with pytest.warns(UserWarning, match="Unsupported processor type: LlavaNextProcessor"):
-        assert hf_processor(str(tiny_llava_dir)) is None
+        assert hf_processor.__wrapped__(str(tiny_llava_dir)) is None  # verl's own function, unchanged
 
 
 def test_build_command_is_idempotent(tmp_path):
