@@ -57,6 +57,8 @@ def vllm_lora_rank_check(monkeypatch):
 
 
 def composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, *extra):
+    if "llava_next" in script.name:  # LLaVA-NeXT recipes compose against the tiny LLaVA-NeXT
+        tiny_qwen_dir = tiny_qwen_dir.parent / "llava_next"
     env = {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path)}
     return compose("ppo_trainer", recipe_overrides(script, env, *extra))
 

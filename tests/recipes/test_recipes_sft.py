@@ -48,7 +48,8 @@ def test_there_are_sft_recipes():
 
 
 @pytest.mark.parametrize("script", SFT_RECIPES, ids=lambda p: p.name)
-def test_sft_recipe_composes_and_validates(script, cold_start_dir, tiny_qwen_dir, tmp_path):
+def test_sft_recipe_composes_and_validates(script, cold_start_dir, tiny_models_dir, tmp_path):
+    tiny_qwen_dir = tiny_models_dir / ("llava_next" if "llava_next" in script.name else "qwen2_5_vl")  # the recipe's family
     env = {"DATA_DIR": str(cold_start_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path)}
     overrides = recipe_overrides(script, env)
     config = compose("sft_trainer_engine", overrides)
