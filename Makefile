@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.am3-setup-stamp
-MODELS := $(VENV)/am3-tiny-models
+MODELS := $(CURDIR)/$(VENV)/am3-tiny-models
 
 .PHONY: setup test test-fast bench demo clean-venv
 

@@ -18,7 +18,7 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     from am3_verl.local.tiny_models import build_all
 
     configured = os.environ.get("AM3_TINY_MODELS")
-    root = Path(configured) if configured else tmp_path_factory.mktemp("tiny-models")
+    root = Path(configured).resolve() if configured else tmp_path_factory.mktemp("tiny-models")
     build_all(root)
     return root
 

@@ -102,4 +102,4 @@ def token_budget(config) -> tuple[int, int]:
 def default_model_dir(name: str = "qwen2_5_vl", root: Optional[str] = None) -> Path:
     """Where ``make setup`` put the tiny model ``name`` (``AM3_TINY_MODELS``, else ``.venv/am3-tiny-models``)."""
     base = root or os.environ.get("AM3_TINY_MODELS") or str(REPO_ROOT / ".venv" / "am3-tiny-models")
-    return Path(base) / name
+    return Path(base).resolve() / name
