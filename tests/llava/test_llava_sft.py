@@ -29,6 +29,7 @@ def sft_parquet(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_dataset_expands_each_image_to_its_any_resolution_token_count(tiny_llava_dir, sft_parquet):
     from verl.utils import hf_processor, hf_tokenizer
 
