@@ -7,7 +7,9 @@ once with PIL and writes the same rows and image bytes with pyarrow (same schema
 with no other validation. Each command runs in its own process; wall time is measured from outside and
 peak RSS is the largest sum over the command's process tree (main process, forkserver and workers),
 sampled every 20 ms; the tree's CPU seconds are reported too, to read timings taken on a shared
-machine. The fastest of ``--repeats`` runs counts (runs alternate between the two commands).
+machine, with the 1-minute load average before and after (other processes on a shared machine take
+cores from the two-worker conversion). The fastest of ``--repeats`` runs counts (runs alternate
+between the two commands).
 
 Targets: full scale under 60 s, at most 1.0x the floor, peak RSS under 1.5 GB, RSS growing less than
 30% from 1,000 to 11,270 dialogues. The last line printed is one JSON object with the figures.
@@ -196,6 +198,7 @@ def main() -> None:
         print(f"corpus: {stats} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         inputs = {args.small: work / "corpus" / f"head{args.small}.jsonl", args.dialogues: work / "corpus" / "dialogues.jsonl"}
         head(inputs[args.dialogues], inputs[args.small], args.small)
+        load_before = os.getloadavg()[0]
         results: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "floor": {}}
         for n, path in inputs.items():
             for repeat in range(args.repeats):
@@ -222,6 +225,8 @@ def main() -> None:
             "ours": {str(n): {k: v for k, v in r.items() if k != "stdout"} for n, r in results["ours"].items()},
             "floor": {str(n): {k: v for k, v in r.items() if k != "stdout"} for n, r in results["floor"].items()},
             "ratio_vs_floor": round(ratio, 3),
+            "cpu_ratio_vs_floor": round(ours_full["cpu_s"] / floor_full["cpu_s"], 3),
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "rss_growth": round(growth, 3),
             "targets": {"full_wall_s": 60, "ratio_vs_floor": 1.0, "peak_rss_mb": 1536, "rss_growth": 0.30},
             "met": {
