@@ -7,7 +7,7 @@ swallows any exception it raises, so it stays light and :func:`assert_loaded` le
 
 from __future__ import annotations
 
-from am3_verl import advantage
+from am3_verl import advantage, models
 from am3_verl.env import registration as agent_loop_registration
 from am3_verl.local import cpu_platform
 
@@ -19,6 +19,7 @@ def register_all() -> None:
     cpu_platform.register()
     agent_loop_registration.register()
     advantage.register()
+    models.register()
 
 
 def assert_loaded() -> None:
@@ -31,6 +32,8 @@ def assert_loaded() -> None:
     if not agent_loop_registration.is_registered():
         missing.append(f"agent loop {agent_loop_registration.AGENT_NAME!r}")
     missing.extend(advantage.missing_registrations())
+    if not models.is_registered():
+        missing.append("LLaVA-NeXT hf_processor binding (am3_verl.models)")
     if missing:
         raise RuntimeError(
             "am3-verl plugin not loaded by `import verl` (missing: " + ", ".join(missing) + "). "
