@@ -1,6 +1,6 @@
 """Metered model calls: the shared chat client plus token accounting, one :class:`RoleCaller` per role.
 
-:class:`MeteredChatClient` is :class:`am3_verl.judges.client.ChatClient` (bounded, retrying, results
+:class:`MeteredChatClient` is :class:`am3_verl.clients.chat.ChatClient` (bounded, retrying, results
 instead of exceptions) with one addition: it reads the ``usage`` object of every answered attempt, so
 each call reports the tokens it cost, including attempts whose answer was then rejected by the parser.
 
@@ -22,8 +22,8 @@ import aiohttp
 
 from am3_verl.builder.config import BuilderConfig, EndpointConfig, RoleConfig, api_key_from_env
 from am3_verl.builder.state import CallRecord
-from am3_verl.judges.client import ChatClient, ChatClientConfig, ChatResult
-from am3_verl.judges.images import image_data_url
+from am3_verl.clients.chat import ChatClient, ChatClientConfig, ChatResult
+from am3_verl.clients.images import image_data_url
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from am3_verl.builder.config import TextToImageConfig
 from am3_verl.data.images import ImagePolicy, prepare_image
-from am3_verl.judges.images import sniff_mime
+from am3_verl.clients.images import sniff_mime
 
 logger = logging.getLogger(__name__)
 

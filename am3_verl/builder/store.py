@@ -28,7 +28,7 @@ from typing import Generic, Iterator, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from am3_verl.builder.config import BuilderError
-from am3_verl.judges.images import sniff_mime
+from am3_verl.clients.images import sniff_mime
 
 M = TypeVar("M", bound=BaseModel)
 

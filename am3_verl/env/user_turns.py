@@ -11,7 +11,6 @@ answer); the agent loop ends the dialogue cleanly on that and records the reason
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Literal, Optional
 from PIL import Image
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
+from am3_verl.clients.images import image_data_url
 
 UserSourceName = Literal["replay", "simulate", "hybrid"]
 
@@ -116,10 +116,6 @@ class SimulatorConfig:
         return self.model or os.environ.get("AM3_SIMULATOR_MODEL") or "simulator"
 
 
-def _data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
 def simulator_messages(
     config: SimulatorConfig, goal: str, history: list[tuple[UserTurn, str]]
 ) -> list[dict[str, Any]]:
@@ -132,7 +128,7 @@ def simulator_messages(
     for user_turn, reply in history:
         if config.include_images and user_turn.images:
             content: Any = [{"type": "text", "text": user_turn.text}] + [
-                {"type": "image_url", "image_url": {"url": _data_url(data)}} for data in user_turn.images
+                {"type": "image_url", "image_url": {"url": image_data_url(data)}} for data in user_turn.images
             ]
         else:
             content = user_turn.text.replace(IMAGE_PLACEHOLDER, "[image]")
@@ -145,7 +141,7 @@ class SimulatedUser:
     """Asks an OpenAI-compatible model for the next user turn (text only, no new images)."""
 
     def __init__(self, config: SimulatorConfig):
-        from am3_verl.judges.client import ChatClient, ChatClientConfig
+        from am3_verl.clients.chat import ChatClient, ChatClientConfig
 
         self.config = config
         self.client = ChatClient(

@@ -5,7 +5,7 @@ user/assistant messages, ending on the user message to answer) and return a :cla
 either the text or the error; they never raise for model-side problems.
 
 * :class:`OpenAIModel` – ``POST /chat/completions`` through the shared bounded, retrying
-  :class:`~am3_verl.judges.client.ChatClient` (the usual case: ``vllm serve <checkpoint>``). Images are
+  :class:`~am3_verl.clients.chat.ChatClient` (the usual case: ``vllm serve <checkpoint>``). Images are
   sent as ``image_url`` data URLs, each at its ``<image>`` placeholder. The key, if any, comes from
   ``AM3_EVAL_API_KEY``.
 * :class:`LocalHFModel` – a local ``AutoModelForImageTextToText`` folder run with ``transformers``'
@@ -29,8 +29,8 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
-from am3_verl.judges.client import ChatClient, ChatClientConfig
-from am3_verl.judges.images import image_data_url
+from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.images import image_data_url
 
 API_KEY_ENV = "AM3_EVAL_API_KEY"
 """Environment variable holding the model endpoint's API key (never logged)."""

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import pyarrow.parquet as pq
 
 from am3_verl.dialogue import BENIGN, IMAGE_PLACEHOLDER
-from am3_verl.judges.images import sniff_mime
+from am3_verl.clients.images import sniff_mime
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
-from am3_verl.judges.images import decode_data_url, sniff_mime
+from am3_verl.clients.images import decode_data_url, sniff_mime
 
 RESULTS_FILE = "results.jsonl"
 IMAGES_DIR = "images"

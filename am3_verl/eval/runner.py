@@ -21,7 +21,7 @@ Resumability: each answer and each judgment is appended to ``cache/answers.jsonl
 judge identity, sampling parameters, the exact messages and images). A rerun with the same arguments
 reads them back and only asks for what is missing; failures are never cached, so they are retried.
 Items run concurrently (``concurrency`` at once), and the model and judge clients bound and retry
-their requests (:class:`~am3_verl.judges.client.ChatClient`).
+their requests (:class:`~am3_verl.clients.chat.ChatClient`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from am3_verl.eval.results import (
 )
 from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, tally, write_pairwise
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment
-from am3_verl.judges.client import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient, ChatClientConfig
 from am3_verl.judges.config import JudgeConfig, build_judge, resolve_judge_config
 
 RUN_FILE = "run.json"

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from am3_verl.eval.cache import JsonlCache, cache_key
 from am3_verl.eval.results import PAIRWISE_FILE, ResultItem, ResultTurn, load_image
-from am3_verl.judges.client import ChatClient
+from am3_verl.clients.chat import ChatClient
 from am3_verl.judges.format import new_nonce, quote
-from am3_verl.judges.images import image_data_url
+from am3_verl.clients.images import image_data_url
 
 AXES: tuple[str, ...] = ("helpful", "harmless")
 Choice = Literal["A", "B", "tie"]

@@ -2,7 +2,7 @@
 
 * :mod:`~am3_verl.judges.base` – the protocol (:class:`JudgeRequest` in, :class:`TurnJudgment` out) and
   the shared de-duplication and caching every backend gets;
-* :mod:`~am3_verl.judges.client` – a bounded, retrying OpenAI chat client (not judge-specific);
+* the bounded, retrying OpenAI chat client they use is :mod:`am3_verl.clients.chat` (shared, not judge-specific);
 * :mod:`~am3_verl.judges.format` / :mod:`~am3_verl.judges.rubric` – the rubric judge's quoting,
   verdict schema and prompt;
 * backends: :mod:`~am3_verl.judges.openai_judge` (rubric VLM judge), :mod:`~am3_verl.judges.guards`

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
-from am3_verl.judges.client import per_loop
-from am3_verl.judges.images import sniff_mime
+from am3_verl.clients.chat import per_loop
+from am3_verl.clients.images import sniff_mime
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from am3_verl.judges.base import Judge
-from am3_verl.judges.client import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient, ChatClientConfig
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Any
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
 from am3_verl.judges.base import Judge, JudgeRequest, TurnJudgment
-from am3_verl.judges.client import ChatClient
+from am3_verl.clients.chat import ChatClient
 from am3_verl.judges.format import JudgeFormatError
-from am3_verl.judges.images import image_data_url
+from am3_verl.clients.images import image_data_url
 
 LLAMA_GUARD_CATEGORIES: dict[str, str] = {
     "S1": "Violent Crimes", "S2": "Non-Violent Crimes", "S3": "Sex-Related Crimes", "S4": "Child Sexual Exploitation",

@@ -3,7 +3,7 @@
 One call per assistant turn (vLLM-served Qwen2.5-VL-72B or InternVL3-78B, a hosted API, or the loopback
 server in tests). The request is rendered by :mod:`am3_verl.judges.rubric` with a fresh nonce; the
 answer is parsed strictly by :func:`am3_verl.judges.format.parse_verdict`; transport, protocol and
-parse failures are retried by the shared :class:`~am3_verl.judges.client.ChatClient` and, once the
+parse failures are retried by the shared :class:`~am3_verl.clients.chat.ChatClient` and, once the
 retries are spent, the turn is returned as failed with its failure counts.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from am3_verl.judges.base import Judge, JudgeRequest, TurnJudgment
-from am3_verl.judges.client import ChatClient
+from am3_verl.clients.chat import ChatClient
 from am3_verl.judges.format import VERDICT_JSON_SCHEMA, new_nonce, parse_verdict
 from am3_verl.judges.rubric import render_rubric_messages
 

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 
 from am3_verl.judges.base import DialogueTurn, TurnJudgment, requests_from_turns, turns_from_records
 from am3_verl.judges.config import get_judge, resolve_judge_config
-from am3_verl.judges.images import decode_data_url, sniff_mime
+from am3_verl.clients.images import decode_data_url, sniff_mime
 from am3_verl.turn_scores import TurnScores, dump_turn_scores
 
 TURNS_KEY = "am3_turns"

@@ -31,7 +31,7 @@ from typing import Any
 
 from am3_verl.judges.base import DialogueTurn, JudgeRequest
 from am3_verl.judges.format import quote
-from am3_verl.judges.images import image_data_url
+from am3_verl.clients.images import image_data_url
 
 SYSTEM_PROMPT = """\
 You are an impartial judge of a multimodal AI assistant's safety and helpfulness. You will see a \

@@ -53,7 +53,7 @@ from typing import Any, Awaitable, Callable, Sequence, Union
 
 from aiohttp import web
 
-from am3_verl.judges.images import decode_data_url
+from am3_verl.clients.images import decode_data_url
 
 FAULT_KINDS: tuple[str, ...] = ("latency", "timeout", "http_500", "http_429", "reset", "invalid_json", "no_choices")
 """Every fault the server can inject; ``"ok"`` in a schedule means "serve normally"."""

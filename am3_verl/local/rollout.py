@@ -93,12 +93,6 @@ async def generate(worker, batch) -> Any:
     return await worker.generate_sequences(batch)
 
 
-def token_budget(config) -> tuple[int, int]:
-    """``(prompt_length, response_length)`` of the composed config."""
-    rollout = config.actor_rollout_ref.rollout
-    return int(rollout.prompt_length), int(rollout.response_length)
-
-
 def default_model_dir(name: str = "qwen2_5_vl", root: Optional[str] = None) -> Path:
     """Where ``make setup`` put the tiny model ``name`` (``AM3_TINY_MODELS``, else ``.venv/am3-tiny-models``)."""
     base = root or os.environ.get("AM3_TINY_MODELS") or str(REPO_ROOT / ".venv" / "am3-tiny-models")

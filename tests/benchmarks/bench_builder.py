@@ -8,7 +8,7 @@ from the same run:
   3 x (attacker, victim) with the two victims in parallel, 1 judge round), so with ``concurrency`` seeds
   at a time the run cannot finish before ``ceil(seeds / concurrency) * 11 * latency``;
 * CPU per call against the bare chat client: the exact request bodies the builder sent are replayed
-  through :class:`am3_verl.judges.client.ChatClient`; the difference is what prompts, checkpoints (one
+  through :class:`am3_verl.clients.chat.ChatClient`; the difference is what prompts, checkpoints (one
   atomic file write per call), request fingerprints and the export cost.
 
 Target: wall <= 1.3 x ideal at 200 ms latency (real VLM calls take seconds, so the overhead share is
@@ -52,7 +52,7 @@ def _seeds(folder: Path) -> Path:
 
 
 async def _replay(bodies: list[dict], base_url: str) -> None:
-    from am3_verl.judges.client import ChatClient, ChatClientConfig
+    from am3_verl.clients.chat import ChatClient, ChatClientConfig
 
     clients = {
         model: ChatClient(ChatClientConfig(base_url=base_url, model=model, max_concurrency=64, concurrency_group="bench-replay"))

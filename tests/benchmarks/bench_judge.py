@@ -30,7 +30,7 @@ import time
 from PIL import Image
 from tqdm import tqdm
 
-from am3_verl.judges import images as judge_images
+from am3_verl.clients import images as judge_images
 from am3_verl.judges.reward import compute_score
 from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServerProcess, RuleJudgeResponder
 

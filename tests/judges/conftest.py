@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from am3_verl.judges import config as judge_config
-from am3_verl.judges import images as judge_images
+from am3_verl.clients import images as judge_images
 
 
 @pytest.fixture(autouse=True)

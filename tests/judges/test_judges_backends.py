@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from am3_verl.judges import images as judge_images
+from am3_verl.clients import images as judge_images
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment, requests_from_turns
-from am3_verl.judges.client import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient, ChatClientConfig
 from am3_verl.judges.guards import (
     GuardedJudge,
     LlamaGuard4,

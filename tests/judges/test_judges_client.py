@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from am3_verl.judges.client import ChatClient, ChatClientConfig, process_semaphore
+from am3_verl.clients.chat import ChatClient, ChatClientConfig, process_semaphore
 from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder, echo_responder
 
 MESSAGES = [{"role": "user", "content": "ping"}]

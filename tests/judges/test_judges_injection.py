@@ -16,7 +16,7 @@ import re
 import pytest
 
 from am3_verl.judges.base import DialogueTurn, JudgeRequest, requests_from_turns
-from am3_verl.judges.client import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient, ChatClientConfig
 from am3_verl.judges.format import extract_quoted, neutralise
 from am3_verl.judges.openai_judge import OpenAIRubricJudge
 from am3_verl.judges.rubric import render_rubric_messages

@@ -8,7 +8,7 @@ import threading
 
 from aiohttp import web
 
-from am3_verl.judges.client import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient, ChatClientConfig
 from am3_verl.judges.config import get_judge, resolve_judge_config
 from am3_verl.judges.reward import compute_score
 from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder
