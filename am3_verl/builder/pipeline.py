@@ -172,13 +172,13 @@ async def _advance(ctx: StageContext, item: ItemState, stages: Sequence[str]) ->
 
 
 async def _run_items(ctx: StageContext, work: list[str], stages: Sequence[str], concurrency: int,
-                     bar: tqdm, on_done: Callable[[ItemState], None]) -> None:
+                     bar: tqdm, on_done: Callable[[ItemState], None], stop: asyncio.Event) -> None:
     queue: asyncio.Queue[str] = asyncio.Queue()
     for seed_id in work:
         queue.put_nowait(seed_id)
 
     async def worker() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 seed_id = queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -242,20 +242,31 @@ async def _build_with_store(
                        on_call=on_call)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
-    try:
-        loop.add_signal_handler(signal.SIGTERM, main_task.cancel)  # type: ignore[union-attr]
-    except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
-        pass
-    try:
-        await _run_items(ctx, work, stages, concurrency, bar, on_done)
-    finally:
+    stop = asyncio.Event()
+
+    def interrupt() -> None:
+        # Cancel what is in flight, and also stop at the next seed boundary: a cancellation can be
+        # absorbed by a call finishing at the same moment, the flag cannot.
+        stop.set()
+        main_task.cancel()  # type: ignore[union-attr]
+
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.remove_signal_handler(signal.SIGTERM)
-        except (NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, interrupt)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
             pass
+    try:
+        await _run_items(ctx, work, stages, concurrency, bar, on_done, stop)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
         bar.close()
         if images is not None:
             await images.aclose()
+    if stop.is_set():
+        raise asyncio.CancelledError("interrupted")
 
     all_ledger = Ledger()
     exported = export((store.load(seed_id) for seed_id in ids), config, store, output_dir, all_ledger)
