@@ -9,17 +9,15 @@ counts as a ``parse`` failure and retries (the model may answer well next time).
 from __future__ import annotations
 
 import functools
-import json
-import re
 from typing import Any, Callable, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from am3_verl.clients.structured import parse_model
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
 
 M = TypeVar("M", bound=BaseModel)
 
-_FENCED = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
 SCORE_SCALE = 10.0
 
 
@@ -103,34 +101,11 @@ def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": model.model_json_schema(), "strict": True}}
 
 
-def json_object(content: str) -> dict[str, Any]:
-    """The single JSON object in ``content`` (alone or in one ```json fence); ``ValueError`` otherwise."""
-    body = content.strip()
-    fenced = _FENCED.match(body)
-    if fenced:
-        body = fenced.group("body").strip()
-    try:
-        raw = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"answer is not a single JSON object ({exc.msg}): {content[:200]!r}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"answer is JSON {type(raw).__name__}, not an object: {content[:200]!r}")
-    return raw
-
-
 def parser(model: type[M], check: Callable[[M], None] | None = None) -> Callable[[str], M]:
     """A parse function for the chat client: JSON object -> ``model``, then the optional ``check``."""
 
     def parse(content: str) -> M:
-        raw = json_object(content)
-        try:
-            value = model.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'object'}: {str(e['msg']).removeprefix('Value error, ')}"
-                for e in exc.errors(include_url=False)
-            )
-            raise ValueError(f"answer does not match the {model.__name__} format ({problems})") from None
+        value = parse_model(content, model)
         if check is not None:
             check(value)
         return value

@@ -50,7 +50,7 @@ from am3_verl.eval.results import (
     store_image,
     write_results,
 )
-from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, tally, write_pairwise
+from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, write_pairwise
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment
 from am3_verl.clients.chat import ChatClient, ChatClientConfig
 from am3_verl.judges.config import JudgeConfig, build_judge, resolve_judge_config

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from am3_verl.clients.structured import parse_model
 
 from am3_verl.eval.cache import JsonlCache, cache_key
 from am3_verl.eval.results import PAIRWISE_FILE, ResultItem, ResultTurn, load_image
@@ -78,26 +78,11 @@ class PairVerdict(BaseModel):
 
 PAIR_VERDICT_SCHEMA: dict = PairVerdict.model_json_schema()
 
-_FENCED = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
 
 
 def parse_pair_verdict(content: str) -> PairVerdict:
     """Parse a pairwise answer strictly (one JSON object, optionally in one ```json fence); ``ValueError`` otherwise."""
-    body = content.strip()
-    fenced = _FENCED.match(body)
-    if fenced:
-        body = fenced.group("body").strip()
-    try:
-        raw = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"pairwise answer is not one JSON object ({exc.msg}): {content[:200]!r}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"pairwise answer is JSON {type(raw).__name__}, not an object")
-    try:
-        return PairVerdict.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"pairwise answer does not match the schema ({problems})") from None
+    return parse_model(content, PairVerdict, "pairwise answer")
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ Two things live here because both the judge client and the loopback judge server
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from am3_verl.clients.structured import parse_model
 
 NONCE_HEX_CHARS = 16
 SCORE_SCALE = 10.0
@@ -32,7 +33,6 @@ SCORE_SCALE = 10.0
 
 _LT_RUN = re.compile(r"<{3,}")
 _GT_RUN = re.compile(r">{3,}")
-_FENCED = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
 
 
 class JudgeFormatError(ValueError):
@@ -115,18 +115,4 @@ def parse_verdict(content: str) -> Verdict:
     """
     if not isinstance(content, str):
         raise JudgeFormatError(f"judge content is {type(content).__name__}, not a string")
-    body = content.strip()
-    fenced = _FENCED.match(body)
-    if fenced:
-        body = fenced.group("body").strip()
-    try:
-        raw = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise JudgeFormatError(f"judge answer is not a single JSON object ({exc.msg}): {content[:200]!r}") from None
-    if not isinstance(raw, dict):
-        raise JudgeFormatError(f"judge answer is JSON {type(raw).__name__}, not an object: {content[:200]!r}")
-    try:
-        return Verdict.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
-        raise JudgeFormatError(f"judge answer does not match the verdict schema ({problems})") from None
+    return parse_model(content, Verdict, "judge answer", schema_name="verdict", error=JudgeFormatError)
