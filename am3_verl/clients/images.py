@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import os
 import re
 import threading
 from collections import OrderedDict
+from typing import Any, Mapping
 
 CACHE_BUDGET_BYTES = 128 * 1024**2
 """Upper bound on the total length of cached data URLs."""
@@ -80,3 +83,31 @@ def decode_data_url(url: str) -> bytes | None:
         return base64.b64decode(match.group("b64"), validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+def content_image_bytes(part: Mapping[str, Any], where: str) -> bytes:
+    """Encoded bytes of one verl ``{"type": "image", ...}`` / OpenAI ``image_url`` content part.
+
+    Inline ``bytes`` win; then a ``data:`` URL, raw bytes, a local path or a PIL image (saved as RGB PNG).
+    Raises ``ValueError`` naming ``where`` for anything else (remote URLs included).
+    """
+    if part.get("type") == "image_url":
+        url = (part.get("image_url") or {}).get("url", "")
+        data = decode_data_url(url) if isinstance(url, str) else None
+        if data is None:
+            raise ValueError(f"{where}: only data: image URLs can be judged offline, got {str(url)[:60]!r}")
+        return data
+    if isinstance(part.get("bytes"), (bytes, bytearray)):
+        return bytes(part["bytes"])
+    image = part.get("image")
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)) and not str(image).startswith(("http://", "https://")):
+        path = str(image)[len("file://") :] if str(image).startswith("file://") else image
+        with open(path, "rb") as fh:
+            return fh.read()
+    if image is not None and hasattr(image, "save"):  # a PIL image
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise ValueError(f"{where}: cannot read the image (keys {sorted(part)}); give bytes, a path or a PIL image")

@@ -29,7 +29,6 @@ stability with verl's own loops.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics
 from verl.utils.profiler import simple_timer
 
+from am3_verl.clients.images import content_image_bytes
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
 from am3_verl.env.output import DialogueAgentLoopOutput
 from am3_verl.env.registration import AGENT_NAME
@@ -126,18 +126,10 @@ def _first_user_turn(messages: list[dict[str, Any]]) -> UserTurn:
     for block in content:
         if block.get("type") == "image":
             parts.append(IMAGE_PLACEHOLDER)
-            images.append(_image_bytes(block))
+            images.append(content_image_bytes(block, "raw_prompt's first user message"))
         elif block.get("type") == "text":
             parts.append(block.get("text", ""))
     return UserTurn(text="".join(parts), images=images)
-
-
-def _image_bytes(block: dict[str, Any]) -> bytes:
-    if isinstance(block.get("bytes"), (bytes, bytearray)):
-        return bytes(block["bytes"])
-    buffer = io.BytesIO()
-    block["image"].save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class DialogueAgentLoop(AgentLoopBase):

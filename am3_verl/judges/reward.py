@@ -33,14 +33,12 @@ ordinary single-turn verl datasets, and returns ``score = harmless + helpful_wei
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 from am3_verl.judges.base import DialogueTurn, TurnJudgment, requests_from_turns, turns_from_records
 from am3_verl.judges.config import get_judge, resolve_judge_config
-from am3_verl.clients.images import decode_data_url, sniff_mime
+from am3_verl.clients.images import content_image_bytes, sniff_mime
 from am3_verl.turn_scores import TurnScores, dump_turn_scores
 
 TURNS_KEY = "am3_turns"
@@ -101,30 +99,6 @@ async def compute_score(
 
 
 # ---------------------------------------------------------------------------------------- single turn
-def _image_bytes(part: Mapping[str, Any], where: str) -> bytes:
-    """Encoded bytes of one verl ``{"type": "image", ...}`` / OpenAI ``image_url`` content part."""
-    if part.get("type") == "image_url":
-        url = (part.get("image_url") or {}).get("url", "")
-        data = decode_data_url(url) if isinstance(url, str) else None
-        if data is None:
-            raise ValueError(f"{where}: only data: image URLs can be judged offline, got {str(url)[:60]!r}")
-        return data
-    if isinstance(part.get("bytes"), (bytes, bytearray)):
-        return bytes(part["bytes"])
-    image = part.get("image")
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    if isinstance(image, (str, os.PathLike)) and not str(image).startswith(("http://", "https://")):
-        path = str(image)[len("file://") :] if str(image).startswith("file://") else image
-        with open(path, "rb") as fh:
-            return fh.read()
-    if image is not None and hasattr(image, "save"):  # a PIL image
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        return buffer.getvalue()
-    raise ValueError(f"{where}: cannot read the image (keys {sorted(part)}); give bytes, a path or a PIL image")
-
-
 def _user_content(content: Any, where: str) -> tuple[str, list[bytes]]:
     if isinstance(content, str):
         return content, []
@@ -136,7 +110,7 @@ def _user_content(content: Any, where: str) -> tuple[str, list[bytes]]:
         if kind == "text":
             text.append(part.get("text", ""))
         elif kind in ("image", "image_url"):
-            data = _image_bytes(part, f"{where}.content[{j}]")
+            data = content_image_bytes(part, f"{where}.content[{j}]")
             sniff_mime(data)
             images.append(data)
             text.append("<image>")
