@@ -7,7 +7,7 @@ swallows any exception it raises, so it stays light and :func:`assert_loaded` le
 
 from __future__ import annotations
 
-from am3_verl import advantage, models
+from am3_verl import advantage, compat, hf_rollout, models
 from am3_verl.env import registration as agent_loop_registration
 from am3_verl.local import cpu_platform
 
@@ -15,8 +15,13 @@ REGISTERED_PLATFORM = cpu_platform.PLATFORM_NAME
 
 
 def register_all() -> None:
-    """Register every am3-verl extension with verl's registries; safe to call more than once."""
-    cpu_platform.register()
+    """Register every am3-verl extension with verl's registries; safe to call more than once.
+
+    Raises :class:`am3_verl.compat.UnsupportedVerlVersion` on a verl release it was not written for.
+    """
+    cpu_platform.register()  # first: the compat patches import verl modules that ask for the platform
+    compat.apply(cpu_platform=cpu_platform.cpu_platform_selected())
+    hf_rollout.register()
     agent_loop_registration.register()
     advantage.register()
     models.register()
@@ -32,6 +37,8 @@ def assert_loaded() -> None:
     if not agent_loop_registration.is_registered():
         missing.append(f"agent loop {agent_loop_registration.AGENT_NAME!r}")
     missing.extend(advantage.missing_registrations())
+    if not hf_rollout.is_registered():
+        missing.append(f"rollout backend {hf_rollout.ROLLOUT_NAME!r}")
     if not models.is_registered():
         missing.append("LLaVA-NeXT hf_processor binding (am3_verl.models)")
     if missing:

@@ -5,10 +5,9 @@ verl has no CPU platform and falls back to CUDA. :func:`register` adds one throu
 ``EngineRegistry``. Nothing changes unless ``VERL_PLATFORM=cpu`` is set: on a GPU machine the class is
 registered but never detected (it reports itself unavailable to auto-detection).
 
-One thing has no hook: ``verl.utils.distributed.initialize_global_process_group`` builds the backend
-string ``f"cpu:gloo,{device}:{backend}"``, which is the duplicate ``cpu:gloo,cpu:gloo`` on CPU and is
-rejected by torch. :func:`_patch_process_group_backend` replaces that one function, only when the CPU
-platform is selected. Written against verl 0.9.1; re-check on upgrade.
+One thing has no hook: verl's process-group initialisers build the backend string
+``f"cpu:gloo,{device}:{backend}"``, the duplicate ``cpu:gloo,cpu:gloo`` on CPU that torch rejects;
+:func:`am3_verl.compat.use_gloo_process_group` replaces them when the CPU platform is selected.
 
 Runs also need these overrides (see README, "CPU runs"): ``trainer.device=cpu``,
 ``engine.strategy=fsdp2``, ``model.use_remove_padding=False``,
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from datetime import timedelta
 from types import ModuleType
 from typing import Any, Optional
 
@@ -132,25 +130,6 @@ def _register_fsdp_engines_for_cpu() -> None:
                 EngineRegistry.register(model_type=model_type, backend=backend, device=PLATFORM_NAME)(engine_cls)
 
 
-def _patch_process_group_backend() -> None:
-    """verl 0.9.1 has no hook for the process-group backend string; use plain gloo on CPU."""
-    import verl.utils.distributed as distributed
-
-    if getattr(distributed.initialize_global_process_group, "_am3_cpu", False):
-        return
-
-    def initialize_global_process_group(timeout_second: int = 36000):
-        torch.distributed.init_process_group(
-            backend="gloo",
-            timeout=timedelta(seconds=timeout_second),
-            init_method=os.environ.get("DIST_INIT_METHOD", None),
-        )
-        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-
-    initialize_global_process_group._am3_cpu = True
-    distributed.initialize_global_process_group = initialize_global_process_group
-
-
 def register() -> None:
     """Register the CPU platform; when ``VERL_PLATFORM=cpu``, also the CPU engines and the gloo fix."""
     from verl.plugin.platform import PlatformRegistry
@@ -159,4 +138,3 @@ def register() -> None:
         PlatformRegistry.register(platform=PLATFORM_NAME)(_make_platform_class())
     if cpu_platform_selected():
         _register_fsdp_engines_for_cpu()
-        _patch_process_group_backend()

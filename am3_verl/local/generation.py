@@ -134,6 +134,9 @@ class LocalGenerationClient:
         prompt = torch.tensor([prompt_ids], dtype=torch.long)
         vision, image_tokens, features = self._vision_inputs(prompt, images)
         with self._lock:
+            device = self.model.device
+            prompt = prompt.to(device)
+            vision = {key: value.to(device) for key, value in vision.items()}
             if self._generator is not None:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)))
             output = self.model.generate(
@@ -149,7 +152,7 @@ class LocalGenerationClient:
                 return_dict_in_generate=True,
             )
         token_ids = output.sequences[0, prompt.shape[1] :].tolist()
-        logits = torch.stack(output.logits, dim=1)[0, : len(token_ids)].float()
+        logits = torch.stack(output.logits, dim=1)[0, : len(token_ids)].float().cpu()
         log_probs = torch.log_softmax(logits / score_temperature, dim=-1)
         token_log_probs = log_probs.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1).tolist()
         # generate() pads finished sequences; keep tokens up to and including the first EOS.
