@@ -110,3 +110,17 @@ def _alpha_metrics(alpha: torch.Tensor, present: torch.Tensor) -> dict[str, floa
     for turn in range(alpha.shape[1]):
         metrics[f"am3/alpha/turn_{turn + 1}/mean"] = _mean(alpha[present[:, turn], turn])
     return metrics
+
+
+def logprob_agreement_metrics(rollout_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """How far the rollout backend's token log-probs are from the actor's recomputed ``old_log_probs``.
+
+    Per policy token (``response_mask`` 1): ``am3/sync/logprob_abs_diff/max`` and ``/mean``. With the
+    weights synced every step and the same numerics they are ~0; a stale rollout model shows up here
+    from the second step on.
+    """
+    mask = response_mask.bool()
+    diff = (rollout_log_probs.to(torch.float64) - old_log_probs.to(torch.float64)).abs()[mask]
+    if not diff.numel():
+        return {}
+    return {"am3/sync/logprob_abs_diff/max": float(diff.max()), "am3/sync/logprob_abs_diff/mean": float(diff.mean())}

@@ -20,10 +20,12 @@ from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 
 from am3_verl.advantage.config import CONFIG_KEY, Am3AdvantageConfig
-from am3_verl.advantage.metrics import compute_am3_metrics, turn_scores_record
+from am3_verl.advantage.metrics import compute_am3_metrics, logprob_agreement_metrics, turn_scores_record
 
 STEP_FIELDS = ["uid", "response_mask", "rm_scores", "extra_fields"]
 """TransferQueue fields the metrics read for each row of a step."""
+LOGPROB_FIELDS = ["rollout_log_probs", "old_log_probs"]
+"""Read too when the step has them: the rollout-vs-actor log-prob agreement (weight-sync health)."""
 
 
 def with_base_mode(config: DictConfig, base_mode: str) -> DictConfig:
@@ -52,12 +54,17 @@ class Am3MetricsMixin:
         keys = [key for key, tag in zip(batch.keys, batch.tags) if not tag.get("is_padding", False)]
         if not keys:
             return {}
-        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS)
+        # Like verl's own metrics, ask for optional fields and use those the step has.
+        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS + LOGPROB_FIELDS)
+        with_logprobs = set(LOGPROB_FIELDS) <= set(data.keys())
         uid = data.pop("uid").tolist()
         records = [turn_scores_record(extra) for extra in data.pop("extra_fields").tolist()]
         padded = data.to_padded_tensor()
         cfg = Am3AdvantageConfig.from_mapping(self.config.algorithm.get(CONFIG_KEY, None))  # type: ignore[attr-defined]
-        return compute_am3_metrics(padded["rm_scores"], padded["response_mask"], uid, cfg, records)
+        metrics = compute_am3_metrics(padded["rm_scores"], padded["response_mask"], uid, cfg, records)
+        if with_logprobs:
+            metrics.update(logprob_agreement_metrics(padded["rollout_log_probs"], padded["old_log_probs"], padded["response_mask"]))
+        return metrics
 
 
 class Am3PPOTrainerSync(Am3MetricsMixin, PPOTrainerSync):

@@ -5,9 +5,9 @@
 # Generation uses am3-verl's `hf` rollout backend (transformers generate in a Ray actor, weights synced
 # every step) instead of vLLM; training is verl's FSDP2 engine on am3-verl's CPU platform.
 # Data: DATA_DIR (rl_train / rl_val parquet); unset, the bundled sample is converted into $OUT_DIR/data.
-# Judge: AM3_JUDGE_BACKEND names it and is passed explicitly: `openai` (AM3_JUDGE_BASE_URL and
-# AM3_JUDGE_MODEL, e.g. the loopback judge `python -m am3_verl.local.judge_server`) or `heuristic`
-# (offline keyword rules, announced as such). There is no default.
+# Judge: AM3_JUDGE_BACKEND names it and is passed explicitly: `openai` (an OpenAI-compatible judge at
+# AM3_JUDGE_BASE_URL serving AM3_JUDGE_MODEL) or `heuristic` (offline keyword rules, announced as
+# such). There is no default.
 # Extra key=value arguments replace the values below and the 8-GPU recipe's.
 set -euo pipefail
 RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,9 +50,9 @@ CPU_OVERRIDES=(
   actor_rollout_ref.model.use_remove_padding=False
   +actor_rollout_ref.model.override_config.attn_implementation=sdpa
   actor_rollout_ref.model.enable_gradient_checkpointing=False
-  actor_rollout_ref.actor.fsdp_config.dtype=float32
+  +actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32
   actor_rollout_ref.actor.fsdp_config.use_torch_compile=False
-  actor_rollout_ref.ref.fsdp_config.dtype=float32
+  +actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype=fp32
   actor_rollout_ref.ref.fsdp_config.use_torch_compile=False
   # Sizes: 2 dialogues x 4 rollouts per step, replies of at most 24 tokens (agent-loop YAML above).
   data.train_batch_size=2

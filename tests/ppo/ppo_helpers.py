@@ -1,0 +1,82 @@
+"""Run ``python -m verl.trainer.main_ppo`` through the tiny CPU recipe and read what it logged.
+
+Every run is the real entry point in a subprocess: Ray, the V1 sync trainer, the FSDP2 engine on
+am3-verl's CPU platform, the ``hf`` rollout backend, the ``am3_dialogue`` agent loop and verl's reward
+loop. Step metrics come from verl's own ``file`` logger (one JSON object per logged step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from am3_verl.local.openai_server import RuleJudgeResponder
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CPU_RECIPE = REPO / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
+RUN_TIMEOUT_S = 900
+
+
+@dataclass
+class PPORun:
+    """What one ``main_ppo`` run left behind."""
+
+    returncode: int
+    log: str
+    metrics: dict[int, dict]
+    """Logged step -> metrics of that step (verl's file logger)."""
+    checkpoints: Path
+
+    def check(self) -> "PPORun":
+        """Raise with the log's tail if the run failed."""
+        assert self.returncode == 0, f"main_ppo exited {self.returncode}:\n{self.log[-6000:]}"
+        return self
+
+
+def run_tiny_recipe(workdir: Path, data_dir: Path, model_dir: Path, *overrides: str, env: dict[str, str] | None = None,
+                    checkpoints: Path | None = None) -> PPORun:  # fmt: skip
+    """Run the tiny CPU AM3 GRPO recipe with ``overrides`` in ``workdir``; wait for it and collect its logs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = checkpoints or workdir / "checkpoints"
+    metrics_file = workdir / "metrics.jsonl"
+    run_env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "MODEL_PATH": str(model_dir),
+        "CKPT_DIR": str(checkpoints),
+        "VERL_FILE_LOGGER_PATH": str(metrics_file),
+        "RAY_DEDUP_LOGS": "0",
+        **(env or {}),
+    }
+    log_path = workdir / "main_ppo.log"
+    with open(log_path, "w") as log:
+        process = subprocess.run(
+            ["bash", str(TINY_CPU_RECIPE), "trainer.logger=[console,file]", *overrides],
+            cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S,
+        )  # fmt: skip
+    metrics: dict[int, dict] = {}
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            record = json.loads(line)
+            metrics.setdefault(int(record["step"]), {}).update(record["data"])
+    return PPORun(process.returncode, log_path.read_text(), metrics, checkpoints)
+
+
+class SpreadJudgeResponder(RuleJudgeResponder):
+    """The rule judge, but an ordinary reply's scores spread over 0-10 by a hash of its text.
+
+    A tiny random policy writes gibberish that the rule judge would score identically, which leaves
+    GRPO nothing to learn from; spreading the scores deterministically gives every group non-zero
+    advantages, so the policy really moves between steps.
+    """
+
+    def verdict(self, reply: str) -> dict:
+        verdict = super().verdict(reply)
+        if verdict["refusal"] or self.harmful_marker.lower() in reply.lower():
+            return verdict
+        digest = hashlib.sha256(reply.encode("utf-8", "surrogatepass")).digest()
+        return {**verdict, "harmless": digest[0] % 11, "helpful": digest[1] % 11}

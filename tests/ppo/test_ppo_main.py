@@ -1,0 +1,140 @@
+"""``python -m verl.trainer.main_ppo`` trains on the CPU with the AM3 recipe (the tiny CPU recipe).
+
+Real parts throughout: verl's V1 sync trainer and FSDP2 engine (am3-verl's CPU platform), the ``hf``
+rollout backend with verl's naive weight sync, the ``am3_dialogue`` agent loop replaying dialogues
+whose later turns carry images, the multi-turn reward function with the ``openai`` judge backend
+against a loopback OpenAI-compatible judge on 127.0.0.1, ``am3_grpo``, the ``am3_sync`` metrics, KL
+loss against the reference model, validation and checkpoints. Nothing is mocked (there is no vLLM here:
+the ``hf`` backend is the product's CPU rollout backend, not a stand-in).
+"""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from ppo_helpers import REPO, run_tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+AM3_STEP_KEYS = {
+    "am3/harmless/mean", "am3/helpful/mean", "am3/reward/mean", "am3/asr", "am3/dialogue_asr",
+    "am3/judge_failed_turns", "am3/judge_failure_rate", "am3/unscored_rollouts", "am3/rollouts_without_turns",
+    "am3/assistant_turns/mean", "am3/refusal_rate", "am3/refusal_unknown_rollouts", "am3/alpha/entropy/mean",
+    "am3/alpha/normalized_entropy/mean", "am3/alpha/max_weight/mean", "am3/alpha/turn_1/mean",
+    "am3/sync/logprob_abs_diff/max", "am3/sync/logprob_abs_diff/mean",
+}  # fmt: skip
+SYNC_TOLERANCE = 1e-3
+"""Largest per-token |rollout log-prob - actor old_log_prob| accepted with weights synced (fp32 on both sides)."""
+
+
+@pytest.fixture(scope="module")
+def am3_run(tmp_path_factory, rl_data_dir, tiny_qwen_dir, judge_env, loopback_judge):
+    workdir = tmp_path_factory.mktemp("am3-run")
+    before = loopback_judge.stats().served
+    run = run_tiny_recipe(
+        workdir, rl_data_dir, tiny_qwen_dir,
+        "trainer.total_training_steps=2", "trainer.save_freq=1", "trainer.test_freq=2",
+        f"trainer.rollout_data_dir={workdir / 'rollouts'}",
+        env=judge_env,
+    )  # fmt: skip
+    run.judge_requests = loopback_judge.stats().served - before
+    return run.check()
+
+
+def test_the_sample_replays_later_turn_images(rl_data_dir):
+    rows = pd.read_parquet(rl_data_dir / "rl_train.parquet")
+    later_images = sum(len(turn["images"]) for turns in rows["am3_later_turns"] for turn in turns)
+    assert later_images > 0
+
+
+def test_am3_grpo_trains_two_steps_through_main_ppo(am3_run):
+    assert sorted(am3_run.metrics) == [1, 2]
+    for step in (1, 2):
+        metrics = am3_run.metrics[step]
+        assert AM3_STEP_KEYS <= set(metrics), AM3_STEP_KEYS - set(metrics)
+        assert metrics["am3/judge_failure_rate"] == 0.0
+        assert metrics["am3/assistant_turns/mean"] > 1  # whole dialogues, several judged turns each
+        assert metrics["critic/advantages/max"] > 0 > metrics["critic/advantages/min"]
+    assert am3_run.judge_requests >= am3_run.metrics[1]["am3/assistant_turns/mean"] * 8  # every turn judged over HTTP
+    # KL loss against the reference: zero while the actor equals the reference, non-zero after an update.
+    assert am3_run.metrics[1]["actor/kl_loss"] == 0.0
+    assert am3_run.metrics[2]["actor/kl_loss"] > 0.0
+    assert "val-aux/intersafe_v/harmless/mean@1" in am3_run.metrics[2]  # one validation pass
+    for step in (1, 2):
+        assert (am3_run.checkpoints / f"global_step_{step}" / "actor" / "huggingface" / "config.json").is_file()
+    assert (am3_run.checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+def test_rollout_weights_follow_the_actor_every_step(am3_run):
+    for step in (1, 2):
+        assert am3_run.metrics[step]["am3/sync/logprob_abs_diff/max"] < SYNC_TOLERANCE
+
+
+def test_without_weight_sync_rollout_and_actor_diverge(tmp_path, rl_data_dir, tiny_qwen_dir, judge_env):
+    """Negative control: the ``hf_stale`` backend (tests/ppo/stale_rollout.py) never receives weights."""
+    env = {**judge_env, "VERL_USE_EXTERNAL_MODULES": "stale_rollout", "PYTHONPATH": str(REPO / "tests" / "ppo")}
+    run = run_tiny_recipe(
+        tmp_path, rl_data_dir, tiny_qwen_dir, "actor_rollout_ref.rollout.name=hf_stale",
+        "trainer.total_training_steps=2", "trainer.save_freq=-1", "trainer.test_freq=-1", env=env,
+    ).check()  # fmt: skip
+    assert run.metrics[1]["am3/sync/logprob_abs_diff/max"] < SYNC_TOLERANCE  # same initial weights
+    assert run.metrics[2]["am3/sync/logprob_abs_diff/max"] > 10 * SYNC_TOLERANCE
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, am3_run, rl_data_dir, tiny_qwen_dir, judge_env):
+    """Stop after step 1 (its checkpoint), resume with ``trainer.resume_mode=auto``, compare with the uninterrupted run.
+
+    Tolerance: the resumed step 2 trains on exactly the uninterrupted run's step-2 prompts (dataloader
+    position restored), and its KL to the reference - zero unless the step-1 weights were restored -
+    is within a factor of 3 of the uninterrupted run's (sampling differs between the runs).
+    """
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(am3_run.checkpoints / "global_step_1", checkpoints / "global_step_1")
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("1")
+    run = run_tiny_recipe(
+        tmp_path, rl_data_dir, tiny_qwen_dir, "trainer.total_training_steps=2", "trainer.resume_mode=auto",
+        "trainer.save_freq=1", "trainer.test_freq=-1", f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
+        env=judge_env, checkpoints=checkpoints,
+    ).check()  # fmt: skip
+    assert sorted(run.metrics) == [2]
+
+    def step_prompts(rollouts):
+        return sorted(json.loads(line)["input"] for line in (rollouts / "2.jsonl").read_text().splitlines())
+
+    assert step_prompts(tmp_path / "rollouts") == step_prompts(am3_run.checkpoints.parent / "rollouts")
+    resumed, uninterrupted = run.metrics[2]["actor/kl_loss"], am3_run.metrics[2]["actor/kl_loss"]
+    assert resumed > 0 and uninterrupted / 3 <= resumed <= uninterrupted * 3
+    assert (checkpoints / "global_step_2" / "actor" / "huggingface" / "config.json").is_file()
+
+
+def test_drop_in_single_turn_reward_with_plain_grpo_on_text_only_rows(tmp_path, tiny_qwen_dir, judge_env):
+    """An ordinary single-turn, text-only verl dataset, ``reward_fns/am3_single_turn.py`` and plain ``grpo``.
+
+    Text-only rows make every Qwen2.5-VL micro-batch image-less, which verl 0.9.1 alone crashes on in
+    ``old_log_prob`` (see ``am3_verl.compat.fix_qwen2_vl_text_only_batches``).
+    """
+    questions = ["Name a primary colour.", "What shape has three sides?", "How many legs does a spider have?",
+                 "Say hello politely.", "Which is larger, 3 or 7?", "Name a fruit that is yellow."]  # fmt: skip
+    rows = [
+        {"data_source": "single_turn", "prompt": [{"role": "user", "content": q}], "ability": "chat",
+         "reward_model": {"style": "model", "ground_truth": None}, "extra_info": {"index": i, "question": q}}
+        for i, q in enumerate(questions)
+    ]  # fmt: skip
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    pd.DataFrame(rows[:4]).to_parquet(data_dir / "rl_train.parquet")
+    pd.DataFrame(rows[4:]).to_parquet(data_dir / "rl_val.parquet")
+    run = run_tiny_recipe(
+        tmp_path, data_dir, tiny_qwen_dir,
+        "algorithm.adv_estimator=grpo", "trainer.v1.trainer_mode=sync",
+        "actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent",
+        f"reward.custom_reward_function.path={REPO / 'reward_fns' / 'am3_single_turn.py'}",
+        "data.max_response_length=32", "trainer.total_training_steps=1", "trainer.save_freq=-1", "trainer.test_freq=-1",
+        env=judge_env,
+    ).check()  # fmt: skip
+    metrics = run.metrics[1]
+    assert metrics["actor/grad_norm"] > 0
+    assert not any(key.startswith("am3/") for key in metrics)
+    assert metrics["critic/score/max"] > metrics["critic/score/min"]  # the judge's spread scores reached GRPO
