@@ -121,23 +121,6 @@ def register_rollout_adapter(name: str, target: str, mode: str = "async") -> Non
     base._ROLLOUT_REGISTRY[(name, mode)] = target
 
 
-def qwen2_vl_text_only_is_broken() -> bool:
-    """True while verl's Qwen2-VL input-embedding helper crashes on a micro-batch without images.
-
-    verl 0.9.1 (models/transformers/qwen2_vl.py:393) runs a dummy image through the vision tower for
-    text-only micro-batches and calls ``.mean()`` on the result, which transformers 5 returns as a
-    ``BaseModelOutputWithPooling``. The test suite calls this on verl's original function so it fails
-    the day verl fixes the bug and :func:`fix_qwen2_vl_text_only_batches` can go.
-    """
-    import inspect
-
-    from verl.models.transformers import qwen2_vl
-
-    original = getattr(qwen2_vl._get_input_embeds, "__wrapped__", qwen2_vl._get_input_embeds)
-    source = inspect.getsource(original)
-    return "0.0 * image_embeds.mean()" in source and "image_embeds = model.visual(pixel_values, grid_thw=image_grid_thw)\n" in source
-
-
 def fix_qwen2_vl_text_only_batches() -> None:
     """Let Qwen2-VL / Qwen2.5-VL micro-batches without any image pass verl's input-embedding helper.
 

@@ -50,12 +50,12 @@ def load_full_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) 
     missing = sorted(name for name, p in model.named_parameters() if p.data_ptr() not in sent_storages)
     if missing:
         raise WeightLoadError(f"{len(missing)} parameter(s) of the rollout model were not sent, e.g. {missing[:3]}")
+    for name, tensor in weights.items():  # all checks before the first copy: a refused update changes nothing
+        if own[name].shape != tensor.shape:
+            raise WeightLoadError(f"weight {name!r}: sent shape {tuple(tensor.shape)}, model has {tuple(own[name].shape)}")
     with torch.no_grad():
         for name, tensor in weights.items():
-            target = own[name]
-            if target.shape != tensor.shape:
-                raise WeightLoadError(f"weight {name!r}: sent shape {tuple(tensor.shape)}, model has {tuple(target.shape)}")
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            own[name].copy_(tensor.to(device=own[name].device, dtype=own[name].dtype))
     return len(weights)
 
 

@@ -59,12 +59,33 @@ def vllm_lora_rank_check(monkeypatch):
 def composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, *extra):
     if "llava_next" in script.name:  # LLaVA-NeXT recipes compose against the tiny LLaVA-NeXT
         tiny_qwen_dir = tiny_qwen_dir.parent / "llava_next"
-    env = {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path)}
+    env = {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path), "AM3_JUDGE_BACKEND": "heuristic"}
     return compose("ppo_trainer", recipe_overrides(script, env, *extra))
 
 
 def test_there_are_grpo_recipes():
-    assert {p.name for p in GRPO_RECIPES} >= {"am3_grpo_qwen2_5_vl_7b_8gpu.sh", "am3_grpo_qwen2_5_vl_7b_lora_1gpu.sh"}
+    assert {p.name for p in GRPO_RECIPES} >= {"am3_grpo_qwen2_5_vl_7b_8gpu.sh", "am3_grpo_qwen2_5_vl_7b_lora_1gpu.sh", "am3_grpo_tiny_cpu.sh"}
+
+
+def test_the_tiny_cpu_recipe_is_the_8gpu_recipe_with_size_device_and_backend_overrides(rl_data_dir, tiny_qwen_dir, tmp_path):
+    env = {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path), "AM3_JUDGE_BACKEND": "openai"}
+    full = recipe_overrides(RECIPES / "grpo" / "am3_grpo_qwen2_5_vl_7b_8gpu.sh", env)
+    tiny = recipe_overrides(RECIPES / "grpo" / "am3_grpo_tiny_cpu.sh", env)
+    key = lambda override: override.split("=", 1)[0].lstrip("+")  # noqa: E731
+    # the method's settings are the 8-GPU recipe's, untouched
+    assert {o for o in tiny if key(o).startswith("algorithm.")} == {o for o in full if key(o).startswith("algorithm.")}
+    assert "actor_rollout_ref.rollout.name=hf" in tiny and "trainer.device=cpu" in tiny
+    assert "+reward.custom_reward_function.reward_kwargs.backend=openai" in tiny
+
+
+def test_the_tiny_cpu_recipe_wants_the_judge_backend_named(rl_data_dir, tiny_qwen_dir, tmp_path):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "AM3_JUDGE_BACKEND"}
+    env.update(DATA_DIR=str(rl_data_dir), MODEL_PATH=str(tiny_qwen_dir), AM3_PRINT_OVERRIDES="1")
+    result = subprocess.run(["bash", str(RECIPES / "grpo" / "am3_grpo_tiny_cpu.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "AM3_JUDGE_BACKEND" in result.stderr
 
 
 @pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
