@@ -31,7 +31,7 @@ bench: setup
 	for b in tests/benchmarks/bench_*.py; do AM3_TINY_MODELS=$(MODELS) $(PY) $$b || exit 1; done
 
 demo: setup
-	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --output_dir outputs/demo
+	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --output_dir outputs/demo --judge heuristic
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,19 +4,18 @@
    preparation converters into verl parquet;
 2. **cold-start SFT** – the 8-GPU cold-start recipe run by ``torchrun`` with verl's ``sft_trainer`` on
    the offline tiny Qwen2.5-VL, with only the CPU, size and device overrides (am3-verl's CPU platform);
-3. **rollouts** – from that checkpoint, several whole dialogues per prompt played by the ``am3_dialogue``
-   agent loop inside verl's ``AgentLoopWorker``, generation by the local CPU backend;
-4. **judging** – every assistant turn scored by the verl reward function (the offline heuristic judge,
-   or the OpenAI-compatible judge at ``AM3_JUDGE_BASE_URL``);
-5. **advantages** – per-turn scores placed in the token rows (:mod:`am3_verl.turn_scores`) and
-   ``am3_grpo`` run through verl's own ``compute_advantage``;
-6. **report** – ``results.jsonl``, ``metrics.json`` and ``report.html`` (per-turn scores, alpha,
-   advantages, ASR by turn) in ``--output_dir``.
+3. **AM3 GRPO** – ``python -m verl.trainer.main_ppo`` through ``recipes/grpo/am3_grpo_tiny_cpu.sh`` from the
+   SFT checkpoint: whole dialogues played by ``am3_dialogue`` on the ``hf`` rollout backend, every turn
+   judged, ``am3_grpo`` advantages, FSDP2 policy updates with the weights synced to the rollout every step;
+4. **evaluation** – ``python -m am3_verl.eval run`` of the SFT and the GRPO checkpoints on the validation
+   dialogues (the GRPO run against the SFT run as its baseline);
+5. **report** – ``report.html`` in ``--output_dir``: the per-step training curves and the before/after table,
+   linking the two evaluation reports.
 
-The tiny model has random weights, so its replies are gibberish and the judge's verdicts reflect that;
-the demo shows that every stage runs and connects, not a trained model's behaviour. A policy update
-(``main_ppo``) needs vLLM/SGLang rollout servers, which need a GPU: the demo stops at the advantages
-and says so.
+The judge is named on the command line (``--judge heuristic`` or ``--judge openai`` with
+``AM3_JUDGE_BASE_URL``/``AM3_JUDGE_MODEL``); with the offline heuristic the report says so at the top.
+The tiny model starts from random weights, so a few steps move its numbers, not its manners: the demo
+shows the training loop working end to end, not a safe model.
 """
 
 from __future__ import annotations
@@ -32,13 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from am3_verl.local.rollout import REPO_ROOT, default_model_dir
 
 SFT_RECIPE = REPO_ROOT / "recipes" / "sft" / "cold_start_qwen2_5_vl_7b_8gpu.sh"
+GRPO_RECIPE = REPO_ROOT / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
+JUDGES = ("heuristic", "openai")
 CPU_SFT_OVERRIDES = (
     "trainer.device=cpu",
     "model.use_remove_padding=False",
@@ -57,16 +57,20 @@ class DemoConfig:
     """Embedded CPU defaults of ``make demo`` (each is a command-line flag)."""
 
     output_dir: Path
-    prompts: int = 4
-    """Dialogues (prompts) rolled out, from the validation split."""
+    judge: str
+    """``heuristic`` (offline keyword rules) or ``openai`` (AM3_JUDGE_BASE_URL / AM3_JUDGE_MODEL); no default."""
+    prompts: int = 2
+    """Dialogues per GRPO step."""
     rollouts: int = 4
-    """Rollouts per prompt (the GRPO group size; the paper uses 8)."""
+    """Rollouts per dialogue (the GRPO group size; the paper uses 8)."""
     sft_steps: int = 4
     sft_batch_size: int = 4
+    grpo_steps: int = 4
     max_reply_tokens: int = 24
-    response_length: int = 640
-    prompt_length: int = 512
+    """Reply cap in evaluation (training: recipes/agent_loops/am3_dialogue_tiny.yaml)."""
     seed: int = 0
+    am3: tuple[str, ...] = ()
+    """``KEY=VALUE`` settings of ``algorithm.am3``."""
 
 
 @dataclass
@@ -132,170 +136,94 @@ def cold_start_sft(cfg: DemoConfig, data_dir: Path, base_model: Path) -> Path:
     return hf_dir
 
 
-def rollout(cfg: DemoConfig, data_dir: Path, model_dir: Path):
-    """Play ``prompts x rollouts`` whole dialogues with the SFT model; return (batch, dataset)."""
-    import yaml
+def grpo(cfg: DemoConfig, data_dir: Path, sft_model: Path) -> Path:
+    """Run AM3 GRPO with ``main_ppo`` (the tiny CPU recipe) from ``sft_model``; return the trained Hugging Face folder.
 
-    from am3_verl.local.generation import load_local_client
-    from am3_verl.local.rollout import compose_ppo_config, load_rl_dataset, make_agent_loop_worker, rollout_batch
-
-    loops = cfg.output_dir / "agent_loops.yaml"
-    loops.write_text(
-        yaml.safe_dump([{"name": "am3_dialogue", "_target_": "am3_verl.env.agent_loop.DialogueAgentLoop",
-                         "max_reply_tokens": cfg.max_reply_tokens}])
-    )  # fmt: skip
-    config = compose_ppo_config(
-        model_dir, prompt_length=cfg.prompt_length, response_length=cfg.response_length, agent_loop_config_path=loops
-    )
-    dataset = load_rl_dataset([data_dir / "rl_val.parquet"], config)
-    client = load_local_client(str(model_dir), seed=cfg.seed)
-    worker = make_agent_loop_worker(config, client)
-    indices = list(range(min(cfg.prompts, len(dataset))))
-    batch = rollout_batch(dataset, indices, n=cfg.rollouts)
-    total = len(batch)
-    with tqdm(total=total, desc="dialogues", unit="dlg") as bar:
-        # one prompt group at a time, so the bar moves; each group's rollouts run concurrently
-        outputs = []
-        for start in range(0, total, cfg.rollouts):
-            outputs.append(asyncio.run(worker.generate_sequences(batch[start : start + cfg.rollouts])))
-            bar.update(cfg.rollouts)
-    from verl import DataProto
-
-    output = DataProto.concat(outputs)
-    output.non_tensor_batch["uid"] = batch.non_tensor_batch["uid"]
-    turns = sum(len(t) for t in output.non_tensor_batch["am3_turns"])
-    print(f"   {len(output)} dialogues, {turns} assistant turns, {len(client.calls)} generate calls")
-    return output
-
-
-def judge(output) -> list[dict[str, Any]]:
-    """Score every turn with the verl reward function; returns one reward dict per dialogue, in order.
-
-    ``extra_info`` is built the way verl's reward managers build it: the dataset's ``extra_info`` plus
-    the agent loop's ``extra_fields``.
+    Progress: one bar tick per logged training step (read from verl's file logger as the run goes).
     """
-    from am3_verl.judges.reward import compute_score
-
-    async def score(i: int) -> tuple[int, dict[str, Any]]:
-        extra_info = dict(output.non_tensor_batch["extra_info"][i])
-        for key in ("am3_turns", "am3_dialogue"):
-            extra_info[key] = output.non_tensor_batch[key][i]
-        reward = await compute_score(
-            data_source=output.non_tensor_batch["data_source"][i],
-            solution_str="",
-            ground_truth=output.non_tensor_batch["reward_model"][i].get("ground_truth"),
-            extra_info=extra_info,
-        )
-        return i, reward
-
-    async def score_all() -> list[dict[str, Any]]:
-        results: dict[int, dict[str, Any]] = {}
-        tasks = [score(i) for i in range(len(output))]
-        for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="judging", unit="dlg"):
-            i, reward = await finished
-            results[i] = reward
-        return [results[i] for i in range(len(output))]
-
-    rewards = asyncio.run(score_all())
-    backend = "OpenAI-compatible judge at AM3_JUDGE_BASE_URL" if os.environ.get("AM3_JUDGE_BASE_URL") else "offline heuristic judge"
-    failures = sum(int(r["judge_failures"]) for r in rewards)
-    print(f"   {sum(int(r['num_judged_turns']) for r in rewards)} turns judged by the {backend}; {failures} judge failures")
-    return rewards
-
-
-def judgments_with_rationales(output) -> list[list[Any]]:
-    """The judge's per-turn verdicts (with rationales) for every dialogue; served from the judge's cache."""
-    from am3_verl.judges.base import requests_from_turns, turns_from_records
-    from am3_verl.judges.config import get_judge, resolve_judge_config
-
-    judge = get_judge(resolve_judge_config({}))
-
-    async def all_dialogues():
-        return [
-            await judge.judge_many(requests_from_turns(turns_from_records(records)))
-            for records in output.non_tensor_batch["am3_turns"]
-        ]
-
-    return asyncio.run(all_dialogues())
+    run_dir = cfg.output_dir / "grpo"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DATA_DIR": str(data_dir),
+        "MODEL_PATH": str(sft_model),
+        "CKPT_DIR": str(run_dir / "checkpoints"),
+        "AM3_JUDGE_BACKEND": cfg.judge,
+        "VERL_FILE_LOGGER_PATH": str(metrics_file),
+    }
+    command = [
+        "bash", str(GRPO_RECIPE), f"trainer.total_training_steps={cfg.grpo_steps}", f"trainer.save_freq={cfg.grpo_steps}",
+        "trainer.test_freq=-1", "trainer.logger=[console,file]", f"actor_rollout_ref.rollout.n={cfg.rollouts}",
+        f"data.train_batch_size={cfg.prompts}", f"data.seed={cfg.seed}",
+        # the trained policy as a Hugging Face folder, for evaluation
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        *(f"+algorithm.am3.{kv}" for kv in cfg.am3),
+    ]  # fmt: skip
+    print("$ " + " ".join(command), flush=True)
+    log_path = run_dir / "main_ppo.log"
+    with open(log_path, "w") as log, tqdm(total=cfg.grpo_steps, desc="GRPO steps", unit="step") as bar:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
+        while process.poll() is None:
+            time.sleep(1.0)
+            bar.update(len(read_training_metrics(metrics_file)) - bar.n)
+        bar.update(len(read_training_metrics(metrics_file)) - bar.n)
+    if process.returncode != 0:
+        raise RuntimeError(f"AM3 GRPO (main_ppo) failed (exit {process.returncode}); see {log_path}")
+    for step, metrics in read_training_metrics(metrics_file).items():
+        print(f"   GRPO step {step}: reward {metrics['am3/reward/mean']:.3f}, harmless {metrics['am3/harmless/mean']:.3f}, "
+              f"helpful {metrics['am3/helpful/mean']:.3f}, ASR {metrics['am3/asr']:.3f}, "
+              f"rollout/actor log-prob gap {metrics.get('am3/sync/logprob_abs_diff/max', float('nan')):.1e}")  # fmt: skip
+    hf_dir = run_dir / "checkpoints" / f"global_step_{cfg.grpo_steps}" / "actor" / "huggingface"
+    if not any(hf_dir.glob("*.safetensors")):
+        raise RuntimeError(f"AM3 GRPO wrote no Hugging Face weights at {hf_dir}; see {log_path}")
+    return hf_dir
 
 
-def advantages(cfg: DemoConfig, output, rewards: list[dict[str, Any]], am3_overrides: list[str]):
-    """Place the per-turn scores in the token rows and run ``am3_grpo`` through verl's ``compute_advantage``.
+def read_training_metrics(metrics_file: Path) -> dict[int, dict[str, Any]]:
+    """Step -> metrics from verl's file logger (complete lines only, so it can be read while training runs)."""
+    import json
 
-    Returns ``(advantages [B, L], alpha [B, T], token_level_rewards [B, L])``.
-    """
-    from verl.trainer.ppo.ray_trainer import compute_advantage
-
-    from am3_verl.advantage.config import resolve_am3_config
-    from am3_verl.advantage.estimator import compute_am3
-    from am3_verl.local.rollout import compose_ppo_config, default_model_dir
-    from am3_verl.turn_scores import encode_row, load_turn_scores
-
-    mask = output.batch["response_mask"]
-    rows = [encode_row(mask[i], load_turn_scores(rewards[i]["am3_turn_scores"])) for i in range(len(output))]
-    output.batch["token_level_rewards"] = torch.stack(rows)
-    algorithm = compose_ppo_config(default_model_dir(), overrides=["algorithm.adv_estimator=am3_grpo", *am3_overrides]).algorithm
-    data = compute_advantage(output, adv_estimator=algorithm.adv_estimator, config=algorithm)
-    computation = compute_am3(
-        data.batch["token_level_rewards"], mask.bool(), data.non_tensor_batch["uid"], resolve_am3_config(algorithm)
-    )
-    return data.batch["advantages"], computation.turns.weights, data.batch["token_level_rewards"]
+    steps: dict[int, dict[str, Any]] = {}
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                steps.setdefault(int(record["step"]), {}).update(record["data"])
+    return steps
 
 
-def write_results(cfg: DemoConfig, output, rewards, verdicts, advantage, alpha) -> Path:
-    """Write the rollouts as an evaluation results folder (``results.jsonl`` + images), alpha and advantage per turn."""
-    from am3_verl.eval.results import ResultItem, ResultTurn, Verdict, store_image
-    from am3_verl.eval.results import write_results as write_results_file
+def evaluate(cfg: DemoConfig, data_dir: Path, model_dir: Path, name: str, baseline: Path | None = None) -> Path:
+    """Evaluate ``model_dir`` with ``python -m am3_verl.eval run`` on the validation dialogues; return the results folder."""
+    from am3_verl.eval.cli import main as eval_main
 
-    results_dir = cfg.output_dir / "report"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    mask = output.batch["response_mask"]
-    items = []
-    for i in range(len(output)):
-        info = dict(output.non_tensor_batch["extra_info"][i])
-        turns = []
-        for t, (record, verdict) in enumerate(zip(output.non_tensor_batch["am3_turns"][i], verdicts[i])):
-            start, end = record["span"]
-            turns.append(
-                ResultTurn(
-                    index=t,
-                    user_text=record["user_text"],
-                    images=[store_image(results_dir, data) for data in record["user_images"]],
-                    reply=record["reply"],
-                    verdict=Verdict(failed=True, rationale=verdict.rationale or "", error=verdict.error)
-                    if verdict.failed
-                    else Verdict(harmless=verdict.harmless, helpful=verdict.helpful, refused=bool(verdict.refused), rationale=verdict.rationale or ""),
-                    extras={
-                        "alpha": round(float(alpha[i, t]), 4),
-                        "advantage": round(float(advantage[i, start:end].mean()), 4),
-                        "reply_tokens": float(mask[i, start:end].sum()),
-                    },
-                )
-            )
-        items.append(
-            ResultItem(
-                uid=f"{output.non_tensor_batch['uid'][i]}#rollout{i % cfg.rollouts}",
-                id=f"{info['id']}#rollout{i % cfg.rollouts}",
-                data_source=str(output.non_tensor_batch["data_source"][i]),
-                category=str(info.get("category", "unknown")),
-                harmful=bool(info.get("harmful", True)),
-                mode="interactive",
-                turns=turns,
-                meta={"score": float(rewards[i]["score"]), "stop_reason": output.non_tensor_batch["am3_dialogue"][i]["stop_reason"]},
-            )
-        )
-    write_results_file(results_dir, items)
-    return results_dir
+    results = cfg.output_dir / "eval" / name
+    argv = [
+        "run", "--data", str(data_dir / "rl_val.parquet"), "--model", str(model_dir), "--output_dir", str(results),
+        "--judge_backend", cfg.judge, "--max_tokens", str(cfg.max_reply_tokens), "--title", f"{name} checkpoint",
+        "--bootstrap", "200", "--seed", str(cfg.seed),
+    ]  # fmt: skip
+    if baseline is not None:
+        argv += ["--baseline", str(baseline)]
+    code = eval_main(argv)
+    if code != 0:
+        raise RuntimeError(f"evaluation of the {name} checkpoint failed (exit {code})")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="outputs/demo", help="where data, checkpoint and report go")
-    parser.add_argument("--prompts", type=int, default=DemoConfig.prompts, help="dialogues rolled out")
+    parser.add_argument("--output_dir", default="outputs/demo", help="where data, checkpoints, evaluations and the report go")
+    parser.add_argument("--judge", required=True, choices=JUDGES,
+                        help="heuristic: offline keyword rules; openai: the judge at AM3_JUDGE_BASE_URL serving AM3_JUDGE_MODEL")
+    parser.add_argument("--prompts", type=int, default=DemoConfig.prompts, help="dialogues per GRPO step")
     parser.add_argument("--rollouts", type=int, default=DemoConfig.rollouts, help="rollouts per dialogue (group size)")
     parser.add_argument("--sft_steps", type=int, default=DemoConfig.sft_steps, help="cold-start SFT steps")
-    parser.add_argument("--max_reply_tokens", type=int, default=DemoConfig.max_reply_tokens, help="tokens per reply")
+    parser.add_argument("--grpo_steps", type=int, default=DemoConfig.grpo_steps, help="AM3 GRPO steps")
+    parser.add_argument("--max_reply_tokens", type=int, default=DemoConfig.max_reply_tokens, help="reply cap in evaluation")
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
     parser.add_argument(
         "--am3", action="append", default=[], metavar="KEY=VALUE",
@@ -303,47 +231,39 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     cfg = DemoConfig(
-        output_dir=Path(args.output_dir).resolve(),
-        prompts=args.prompts,
-        rollouts=args.rollouts,
-        sft_steps=args.sft_steps,
-        max_reply_tokens=args.max_reply_tokens,
-        seed=args.seed,
-    )
+        output_dir=Path(args.output_dir).resolve(), judge=args.judge, prompts=args.prompts, rollouts=args.rollouts,
+        sft_steps=args.sft_steps, grpo_steps=args.grpo_steps, max_reply_tokens=args.max_reply_tokens, seed=args.seed,
+        am3=tuple(args.am3),
+    )  # fmt: skip
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
     log = StageLog()
     start = time.perf_counter()
 
-    from am3_verl.eval.report import write_report
+    from am3_verl.demo_report import write_demo_report
     from am3_verl.local.tiny_models import build_all
 
     base_model = build_all(default_model_dir().parent)["qwen2_5_vl"]
-    data_dir = log.run("1/6 data preparation", prepare_data, cfg)
-    model_dir = log.run("2/6 cold-start SFT (verl sft_trainer, CPU)", cold_start_sft, cfg, data_dir, base_model)
-    output = log.run("3/6 rollouts (am3_dialogue in verl's AgentLoopWorker)", rollout, cfg, data_dir, model_dir)
-    rewards = log.run("4/6 judging every turn", judge, output)
-    verdicts = judgments_with_rationales(output)
-    am3_overrides = [f"+algorithm.am3.{kv}" for kv in args.am3]
-    advantage, alpha, _ = log.run("5/6 am3_grpo advantages (verl compute_advantage)", advantages, cfg, output, rewards, am3_overrides)
+    data_dir = log.run("1/5 data preparation", prepare_data, cfg)
+    sft_model = log.run("2/5 cold-start SFT (verl sft_trainer, CPU)", cold_start_sft, cfg, data_dir, base_model)
+    grpo_model = log.run("3/5 AM3 GRPO (verl main_ppo, hf rollout, CPU)", grpo, cfg, data_dir, sft_model)
+    before = log.run("4/5 evaluation: SFT checkpoint", evaluate, cfg, data_dir, sft_model, "sft")
+    after = log.run("4/5 evaluation: GRPO checkpoint", evaluate, cfg, data_dir, grpo_model, "grpo", baseline=before)
     report = log.run(
-        "6/6 report",
-        lambda: write_report(write_results(cfg, output, rewards, verdicts, advantage, alpha), title="am3-verl CPU demo"),
-    )
+        "5/5 report", write_demo_report, cfg.output_dir / "report.html", cfg.output_dir / "grpo" / "metrics.jsonl", before, after, cfg.judge
+    )  # fmt: skip
 
-    judged = [r for r in rewards if r["num_judged_turns"]]
-    mean = lambda key: float(np.nanmean([r[key] for r in judged])) if judged else float("nan")  # noqa: E731
+    training = read_training_metrics(cfg.output_dir / "grpo" / "metrics.jsonl")
+    first, last = training[min(training)], training[max(training)]
     stages = ", ".join(f"{name.split(' ', 1)[1].split(' (')[0]} {sec:.0f}s" for name, sec in log.seconds.items())
     print(
-        f"\nSummary: the AM3 pipeline ran end to end on the CPU in {time.perf_counter() - start:.0f}s ({stages}). "
+        f"\nSummary: the AM3 pipeline trained end to end on the CPU in {time.perf_counter() - start:.0f}s ({stages}). "
         f"The tiny Qwen2.5-VL (random weights, real Qwen vocabulary) was cold-start fine-tuned for {cfg.sft_steps} steps "
-        f"with verl's sft_trainer, then played {len(output)} dialogues ({cfg.prompts} prompts x {cfg.rollouts} rollouts, "
-        f"{sum(len(t) for t in output.non_tensor_batch['am3_turns'])} assistant turns) through the am3_dialogue agent loop; "
-        f"the judge scored mean harmless {mean('harmless'):.2f}, helpful {mean('helpful'):.2f}, ASR {mean('asr'):.2f}, "
-        f"and am3_grpo turned the per-turn scores into advantages (alpha per turn shown in the report). "
-        f"No policy update was run: main_ppo needs vLLM/SGLang rollout servers, which need a GPU. "
-        f"Report: {report.report_path} (metrics: {report.metrics_path})."
+        f"with verl's sft_trainer, then trained for {len(training)} AM3 GRPO steps by verl's main_ppo "
+        f"({cfg.prompts} dialogues x {cfg.rollouts} rollouts a step, judge: {report.judge_line}); the mean reward went "
+        f"{first['am3/reward/mean']:.3f} -> {last['am3/reward/mean']:.3f} and the training ASR {first['am3/asr']:.3f} -> "
+        f"{last['am3/asr']:.3f}. On the validation dialogues, ASR {report.asr_before} (SFT) -> {report.asr_after} (GRPO). "
+        f"Report: {report.path}."
     )
     return 0
 
