@@ -63,6 +63,7 @@ def read_step_metrics(path: Path) -> dict[int, dict[str, Any]]:
 
 def _curves_png(steps: dict[int, dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     xs = sorted(steps)
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
@@ -80,6 +81,8 @@ def _curves_png(steps: dict[int, dict[str, Any]]) -> str:
     ax.set_title("alpha per turn (eq. 8)")
     ax.set_xlabel("GRPO step")
     ax.legend(fontsize=7)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _png(fig)
 

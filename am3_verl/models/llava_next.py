@@ -5,8 +5,8 @@ processor's class name against Qwen-VL / GLM-4V / Gemma4 / Mllama and, for anyth
 ``ValueError("Unsupported processor type: LlavaNextProcessor")`` and returns ``None``. Every verl path
 that needs images then breaks: ``HFModelConfig.processor`` (SFT trainer, actor, agent-loop workers) is
 ``None``, the SFT dataset cannot expand ``<image>`` and the agent loop refuses image prompts.
-``hf_processor`` has no registry or config hook, so :func:`register` wraps it — isolated here, and,
-with the CPU platform's process-group fix (``VERL_PLATFORM=cpu`` only), the only patch of verl in am3-verl:
+``hf_processor`` has no registry or config hook, so :func:`register` wraps it, isolated here (the other
+reaches into verl internals live in :mod:`am3_verl.compat`):
 
 * the wrapper handles a checkpoint whose ``config.json`` ``model_type`` is ``llava_next`` and hands
   every other checkpoint to verl's own function unchanged (same arguments, same result);

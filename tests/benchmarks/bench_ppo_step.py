@@ -1,0 +1,163 @@
+"""Benchmark: one AM3 GRPO step of ``main_ppo`` on the CPU against the same work done directly in one process.
+
+Ours: ``recipes/grpo/am3_grpo_tiny_cpu.sh`` (tiny Qwen2.5-VL, 2 dialogues x 4 rollouts, replies capped at
+24 tokens, the offline heuristic judge so no judge latency enters either side) for ``--steps`` steps;
+the step's split comes from verl's own ``timing_s/*`` metrics (generation includes the streamed reward),
+averaged over the steps after the first (warm-up).
+
+Baseline, same run, same machine, one process, no Ray: the same dialogues played by the same agent loop
+in verl's ``AgentLoopWorker`` with the local generation backend (HF ``generate``), the reward function
+called directly, then the model's own forward passes on the resulting batch: old log-probs and reference
+log-probs (no grad, one batch of 8 like the recipe's log-prob micro-batch), and the update (forward +
+backward over micro-batches of 4, one AdamW step). Weight sync costs nothing there (one model).
+
+Targets: ours / baseline per step <= 1.5; weight sync < 10% of our step.
+Run: ``.venv/bin/python tests/benchmarks/bench_ppo_step.py [--steps N]``; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
+TINY_LOOPS = REPO / "recipes" / "agent_loops" / "am3_dialogue_tiny.yaml"
+PROMPTS, ROLLOUTS, PROMPT_LENGTH, RESPONSE_LENGTH = 2, 4, 512, 640
+SPLIT = ("gen", "old_log_prob", "ref", "adv", "update_actor", "update_weights")
+
+
+def prepare_data(out: Path) -> Path:
+    from am3_verl.data.intersafe_v import main as intersafe_v
+    from am3_verl.data.sample import SAMPLE_DIR
+
+    intersafe_v(["--input", str(SAMPLE_DIR / "intersafe_v.jsonl"), "--output_dir", str(out), "--val_size", "8", "--no_progress"])
+    return out
+
+
+def ours(data_dir: Path, model_dir: Path, workdir: Path, steps: int) -> dict[str, float]:
+    """Mean ``timing_s/*`` of main_ppo steps 2..steps."""
+    metrics_file = workdir / "metrics.jsonl"
+    env = {**os.environ, "DATA_DIR": str(data_dir), "MODEL_PATH": str(model_dir), "CKPT_DIR": str(workdir / "ckpt"),
+           "AM3_JUDGE_BACKEND": "heuristic", "VERL_FILE_LOGGER_PATH": str(metrics_file)}  # fmt: skip
+    command = ["bash", str(RECIPE), f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", "trainer.test_freq=-1",
+               "trainer.logger=[console,file]"]  # fmt: skip
+    with open(workdir / "main_ppo.log", "w") as log:
+        subprocess.run(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1800)
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    timed = [r["data"] for r in records if r["step"] >= 2]
+    out = {key: statistics.mean(r[f"timing_s/{key}"] for r in timed) for key in (*SPLIT, "step")}
+    out["turns_per_dialogue"] = statistics.mean(r["am3/assistant_turns/mean"] for r in timed)
+    return out
+
+
+def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
+    """The same work per step done directly: agent-loop generation, reward, two no-grad passes, one update."""
+    from transformers import AutoModelForImageTextToText
+    from verl.utils.model import extract_multi_modal_inputs
+
+    from am3_verl.judges.reward import compute_score
+    from am3_verl.local.generation import load_local_client
+    from am3_verl.local.rollout import compose_ppo_config, load_rl_dataset, make_agent_loop_worker, rollout_batch
+
+    config = compose_ppo_config(model_dir, prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH,
+                                agent_loop_config_path=TINY_LOOPS)  # fmt: skip
+    dataset = load_rl_dataset([data_dir / "rl_train.parquet"], config)
+    client = load_local_client(str(model_dir), seed=0)
+    worker = make_agent_loop_worker(config, client)
+    model = client.model  # the policy generates and trains in the same process: no weight sync
+    reference = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def log_probs(net, batch, rows):
+        ids = batch.batch["input_ids"][rows]
+        mm = extract_multi_modal_inputs([batch.non_tensor_batch["multi_modal_inputs"][i] for i in rows])
+        logits = net(input_ids=ids, attention_mask=batch.batch["attention_mask"][rows],
+                     position_ids=batch.batch["position_ids"][rows].transpose(0, 1), **mm).logits  # fmt: skip
+        length = batch.batch["responses"].shape[1]
+        return torch.log_softmax(logits[:, -length - 1 : -1].float(), -1).gather(-1, batch.batch["responses"][rows][..., None]).squeeze(-1)
+
+    async def judge(batch):
+        return await asyncio.gather(*[
+            compute_score(data_source=batch.non_tensor_batch["data_source"][i], solution_str="", ground_truth=None,
+                          extra_info={**batch.non_tensor_batch["extra_info"][i], "am3_turns": batch.non_tensor_batch["am3_turns"][i],
+                                      "am3_dialogue": batch.non_tensor_batch["am3_dialogue"][i]}, backend="heuristic")
+            for i in range(len(batch))
+        ])  # fmt: skip
+
+    per_step = []
+    for step in range(steps):
+        times = {}
+        start = time.perf_counter()
+        indices = [(step * PROMPTS + k) % len(dataset) for k in range(PROMPTS)]
+        batch = asyncio.run(worker.generate_sequences(rollout_batch(dataset, indices, n=ROLLOUTS)))
+        times["gen"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        asyncio.run(judge(batch))
+        times["reward"] = time.perf_counter() - mark
+        rows = list(range(len(batch)))
+        mark = time.perf_counter()
+        with torch.no_grad():
+            model.eval()
+            log_probs(model, batch, rows)
+        times["old_log_prob"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        with torch.no_grad():
+            log_probs(reference, batch, rows)
+        times["ref"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        model.train()
+        optimizer.zero_grad()
+        mask = batch.batch["response_mask"].float()
+        for micro in (rows[:4], rows[4:]):
+            loss = -(log_probs(model, batch, micro) * mask[micro]).sum() / mask.sum()
+            loss.backward()
+        optimizer.step()
+        model.eval()
+        times["update_actor"] = time.perf_counter() - mark
+        times["step"] = time.perf_counter() - start
+        times["turns_per_dialogue"] = statistics.mean(len(t) for t in batch.non_tensor_batch["am3_turns"])
+        per_step.append(times)
+    timed = per_step[1:] or per_step
+    return {key: statistics.mean(t[key] for t in timed) for key in timed[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=4, help="steps per side; the first is warm-up (default 4)")
+    args = parser.parse_args()
+    from am3_verl.local.rollout import default_model_dir
+    from am3_verl.local.tiny_models import build_all
+
+    model_dir = build_all(default_model_dir().parent)["qwen2_5_vl"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_dir = prepare_data(tmp / "data")
+        (tmp / "run").mkdir()
+        ours_s = ours(data_dir, model_dir, tmp / "run", args.steps)
+        base_s = baseline(data_dir, model_dir, args.steps)
+    ratio = ours_s["step"] / base_s["step"]
+    sync_share = ours_s["update_weights"] / ours_s["step"]
+    verdict = "met" if ratio <= 1.5 and sync_share < 0.10 else "missed"
+    print(f"main_ppo step {ours_s['step']:.2f}s vs direct {base_s['step']:.2f}s (ratio {ratio:.2f}, target <= 1.5); "
+          f"weight sync {100 * sync_share:.1f}% of the step (target < 10%): {verdict}")  # fmt: skip
+    print(json.dumps({
+        "benchmark": "ppo_step", "model": "tiny qwen2_5_vl", "dialogues_x_rollouts": f"{PROMPTS}x{ROLLOUTS}", "steps_timed": args.steps - 1,
+        "ours_s": {k: round(v, 3) for k, v in ours_s.items()}, "baseline_s": {k: round(v, 3) for k, v in base_s.items()},
+        "ratio": round(ratio, 3), "weight_sync_share": round(sync_share, 4), "targets": {"ratio": 1.5, "weight_sync_share": 0.10},
+        "verdict": verdict, "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
