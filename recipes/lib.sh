@@ -32,3 +32,28 @@ am3_run() {
   fi
   exec "${cmd[@]}" "${merged[@]}"
 }
+
+# The judge of a GRPO recipe, always named in the command (never a silent default):
+#   am3_judge_overrides BACKEND   sets JUDGE_OVERRIDES to the reward kwargs for that backend.
+# openai: AM3_JUDGE_BASE_URL and AM3_JUDGE_MODEL must be set; they are checked here, before anything
+# starts, and passed as explicit reward kwargs (so reward workers on other nodes do not depend on their
+# environment; AM3_JUDGE_API_KEY stays in the environment of every node and out of the config).
+# heuristic: the offline keyword judge, announced on stderr. Guards: pass their kwargs as overrides.
+am3_judge_overrides() {
+  local backend="$1" prefix=+reward.custom_reward_function.reward_kwargs
+  case "$backend" in
+    openai)
+      : "${AM3_JUDGE_BASE_URL:?the openai judge needs AM3_JUDGE_BASE_URL (e.g. http://judge-host:8000/v1), or set AM3_JUDGE_BACKEND}"
+      : "${AM3_JUDGE_MODEL:?the openai judge needs AM3_JUDGE_MODEL (the served judge model name)}"
+      JUDGE_OVERRIDES=("$prefix.backend=openai" "$prefix.base_url=$AM3_JUDGE_BASE_URL" "$prefix.model=$AM3_JUDGE_MODEL")
+      ;;
+    heuristic)
+      echo "am3-verl: JUDGE = OFFLINE HEURISTIC (keyword rules), not a judge model" >&2
+      JUDGE_OVERRIDES=("$prefix.backend=heuristic")
+      ;;
+    *)
+      echo "am3-verl: AM3_JUDGE_BACKEND must be openai or heuristic (guards: pass reward_kwargs overrides), got '$backend'" >&2
+      return 2
+      ;;
+  esac
+}

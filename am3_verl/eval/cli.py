@@ -11,8 +11,8 @@ from typing import Any
 from am3_verl.eval.backends import GenerationParams
 
 JUDGE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("judge_backend", "backend", str, "heuristic | openai | llama_guard4 | qwen3guard (default: openai when a judge URL is set, "
-     "else heuristic; env AM3_JUDGE_BACKEND)"),
+    ("judge_backend", "backend", str, "heuristic | openai | llama_guard4 | qwen3guard; required "
+     "(or env AM3_JUDGE_BACKEND): the judge is never inferred"),
     ("judge_base_url", "base_url", str, "rubric/pairwise judge endpoint .../v1 (env AM3_JUDGE_BASE_URL; key in AM3_JUDGE_API_KEY)"),
     ("judge_model", "model", str, "judge model name (env AM3_JUDGE_MODEL)"),
     ("guard_base_url", "guard_base_url", str, "guard endpoint for the guard backends (env AM3_GUARD_BASE_URL)"),

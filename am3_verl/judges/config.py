@@ -8,10 +8,14 @@ as a keyword argument is refused, because config values end up in logs.
 
 Backends (``backend``):
 
-* ``heuristic`` – offline keyword judge (default when no judge URL is configured);
-* ``openai`` – the rubric VLM judge at ``base_url`` / ``model`` (default when ``AM3_JUDGE_BASE_URL`` is set);
+* ``heuristic`` – offline keyword judge;
+* ``openai`` – the rubric VLM judge at ``base_url`` / ``model``;
 * ``llama_guard4`` / ``qwen3guard`` – a guard at ``guard_base_url`` / ``guard_model`` for harmlessness,
-  combined with ``helpfulness_backend`` (``openai`` if a judge URL is set, else ``heuristic``).
+  combined with ``helpfulness_backend`` (``openai`` or ``heuristic``).
+
+The backend (and a guard's ``helpfulness_backend``) must be named, as an argument or through
+``AM3_JUDGE_BACKEND``: it decides what is trained and measured, so it is never inferred from which
+variables happen to be visible in the process that scores.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("heuristic", "openai", "llama_guard4", "qwen3guard")
 HELPFULNESS_BACKENDS: tuple[str, ...] = ("heuristic", "openai")
+GUARD_BACKENDS: tuple[str, ...] = ("llama_guard4", "qwen3guard")
 
 ENV = {
     "base_url": "AM3_JUDGE_BASE_URL",
@@ -185,10 +190,17 @@ def _resolve(kwargs: dict[str, Any], environ: Mapping[str, str]) -> JudgeConfig:
         if environ.get(var):
             values[name] = environ[var]
     values.update({k: v for k, v in kwargs.items() if v is not None})
+    # The judge decides what is trained and measured: it is always named, never inferred.
     if "backend" not in values:
-        values["backend"] = "openai" if values.get("base_url") else "heuristic"
-    if "helpfulness_backend" not in values:
-        values["helpfulness_backend"] = "openai" if values.get("base_url") else "heuristic"
+        raise ValueError(
+            f"no judge backend named: set {ENV['backend']} or pass backend= (reward_kwargs.backend, --judge_backend) "
+            f"to one of {', '.join(BACKENDS)}; am3-verl does not pick one (heuristic is the offline keyword judge)"
+        )
+    if values["backend"] in GUARD_BACKENDS and "helpfulness_backend" not in values:
+        raise ValueError(
+            f"judge backend {values['backend']!r} judges harmlessness only: name the helpfulness judge with "
+            f"helpfulness_backend= ({' or '.join(HELPFULNESS_BACKENDS)})"
+        )
     return JudgeConfig(**{k: _coerce(k, v) for k, v in values.items()})
 
 

@@ -18,6 +18,8 @@ DATA_DIR=${DATA_DIR:-$HOME/data/am3}
 MODEL_PATH=${MODEL_PATH:?set MODEL_PATH to the cold-start checkpoint (its huggingface folder)}
 CKPT_DIR=${CKPT_DIR:-$HOME/checkpoints/am3/am3_grpo_qwen2_5_vl_7b}
 REPO_DIR="$(dirname "$RECIPES")"
+# The judge: the rubric VLM judge at AM3_JUDGE_BASE_URL (AM3_JUDGE_BACKEND=heuristic only for offline runs).
+am3_judge_overrides "${AM3_JUDGE_BACKEND:-openai}"
 
 OVERRIDES=(
   # The method: turn-aware dual-objective advantage (paper eqs. 6-9); defaults shown explicitly.
@@ -65,6 +67,7 @@ OVERRIDES=(
   # Per-turn judge scores (harmless + helpful) from the judge endpoint in AM3_JUDGE_BASE_URL.
   reward.custom_reward_function.path="$REPO_DIR/reward_fns/am3_multi_turn.py"
   reward.custom_reward_function.name=compute_score
+  "${JUDGE_OVERRIDES[@]}"
   +reward.custom_reward_function.reward_kwargs.max_concurrency=256
   +reward.custom_reward_function.reward_kwargs.timeout_s=120
   # verl's sync trainer plus the am3/* training metrics (harmless, helpful, ASR, alpha) every step.

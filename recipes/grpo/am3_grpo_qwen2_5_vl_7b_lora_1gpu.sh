@@ -13,6 +13,8 @@ DATA_DIR=${DATA_DIR:-$HOME/data/am3}
 MODEL_PATH=${MODEL_PATH:?set MODEL_PATH to the cold-start checkpoint (its huggingface folder)}
 CKPT_DIR=${CKPT_DIR:-$HOME/checkpoints/am3/am3_grpo_qwen2_5_vl_7b_lora}
 REPO_DIR="$(dirname "$RECIPES")"
+# The judge: the rubric VLM judge at AM3_JUDGE_BASE_URL (AM3_JUDGE_BACKEND=heuristic only for offline runs).
+am3_judge_overrides "${AM3_JUDGE_BACKEND:-openai}"
 
 OVERRIDES=(
   algorithm.adv_estimator=am3_grpo
@@ -61,6 +63,7 @@ OVERRIDES=(
   actor_rollout_ref.rollout.agent.default_agent_loop=am3_dialogue
   reward.custom_reward_function.path="$REPO_DIR/reward_fns/am3_multi_turn.py"
   reward.custom_reward_function.name=compute_score
+  "${JUDGE_OVERRIDES[@]}"
   +reward.custom_reward_function.reward_kwargs.max_concurrency=128
   +reward.custom_reward_function.reward_kwargs.timeout_s=120
   trainer.v1.trainer_mode=am3_sync

@@ -14,9 +14,7 @@ RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_DIR="$(dirname "$RECIPES")"
 
 : "${AM3_JUDGE_BACKEND:?set AM3_JUDGE_BACKEND=openai (with AM3_JUDGE_BASE_URL, AM3_JUDGE_MODEL) or AM3_JUDGE_BACKEND=heuristic}"
-if [[ "$AM3_JUDGE_BACKEND" == heuristic ]]; then
-  echo "am3_grpo_tiny_cpu: JUDGE = OFFLINE HEURISTIC (keyword rules), not a judge model" >&2
-fi
+export AM3_JUDGE_BACKEND  # the 8-GPU recipe turns it into explicit reward kwargs (recipes/lib.sh)
 export VERL_PLATFORM=cpu
 # `make setup`'s environment, when the caller has not activated one.
 [[ -x "$REPO_DIR/.venv/bin/python" && -z "${VIRTUAL_ENV:-}" ]] && export PATH="$REPO_DIR/.venv/bin:$PATH"
@@ -67,7 +65,6 @@ CPU_OVERRIDES=(
   actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8
   # A random tiny model needs a larger step than a 7B to move visibly in a few steps.
   actor_rollout_ref.actor.optim.lr=1e-4
-  +reward.custom_reward_function.reward_kwargs.backend="$AM3_JUDGE_BACKEND"
   +reward.custom_reward_function.reward_kwargs.max_concurrency=16
   trainer.experiment_name=am3_grpo_tiny_cpu
   trainer.logger=[console]

@@ -26,7 +26,7 @@ W = {k: math.exp(-k) / sum(math.exp(-j) for j in (1, 2, 4, 6, 8)) for k in (1, 2
 
 def _run_args(data, model, out, judge, *extra):
     return ["run", "--data", *map(str, data), "--model", model.base_url, "--output_dir", str(out),
-            "--judge_base_url", judge.base_url, "--judge_model", judge.model, "--no_progress", "--bootstrap", "200", *extra]
+            "--judge_backend", "openai", "--judge_base_url", judge.base_url, "--judge_model", judge.model, "--no_progress", "--bootstrap", "200", *extra]
 
 
 def _results(out: Path) -> list[dict]:
@@ -207,7 +207,7 @@ def test_two_runs_compared_for_win_rates(safemt_fixture, model_server, tmp_path)
         assert sum(r["orders"] == {} and r["helpful"] == r["harmless"] == "tie" for r in records) == 10
         # the compare command reuses the cached comparisons and rewrites the report
         judge.reset_stats()
-        assert main(["compare", "--results", str(tuned), "--baseline", str(base), "--judge_base_url", judge.base_url,
+        assert main(["compare", "--results", str(tuned), "--baseline", str(base), "--judge_backend", "openai", "--judge_base_url", judge.base_url,
                      "--judge_model", judge.model, "--no_progress", "--bootstrap", "100"]) == 0
         assert judge.stats().total == 0
         assert _metrics(tuned)["win_rates"]["harmless"]["value"] == pytest.approx(3 / 4)

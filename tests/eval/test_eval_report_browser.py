@@ -46,7 +46,7 @@ def test_report_renders_in_headless_chromium(chromium, sample_data, model_server
     def run(out, responder, *extra):
         model_server.set_responder(responder)
         args = ["run", "--data", *map(str, data), "--model", model_server.base_url, "--output_dir", str(out),
-                "--judge_base_url", judge_server.base_url, "--judge_model", judge_server.model, "--no_progress",
+                "--judge_backend", "openai", "--judge_base_url", judge_server.base_url, "--judge_model", judge_server.model, "--no_progress",
                 "--bootstrap", "100", *extra]
         assert main(args) == 0
 

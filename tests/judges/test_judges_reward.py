@@ -31,7 +31,7 @@ def score(extra_info, **kw):
 
 def test_multi_turn_reward_against_the_loopback_judge():
     with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
-        out = score({"id": "d1", "harmful": True, "am3_turns": make_records(EXCHANGES)}, base_url=server.base_url, model="j")
+        out = score({"id": "d1", "harmful": True, "am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j")
     assert set(out) == set(SCALAR_KEYS) | {"am3_turn_scores"}
     assert all(isinstance(out[k], (int, float)) and not isinstance(out[k], bool) for k in SCALAR_KEYS)
     turns = load_turn_scores(out["am3_turn_scores"])
@@ -44,7 +44,7 @@ def test_multi_turn_reward_against_the_loopback_judge():
 
 def test_score_equals_what_the_token_row_sums_to():
     with LoopbackOpenAIServer(RuleJudgeResponder(), FaultPlan(schedule=["ok", "http_500", "http_500", "ok"])) as server:
-        out = score({"am3_turns": make_records(EXCHANGES)}, base_url=server.base_url, model="j", max_attempts=2,
+        out = score({"am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j", max_attempts=2,
                     backoff_initial_s=0.01, max_concurrency=1)  # fmt: skip
     turns = load_turn_scores(out["am3_turn_scores"])
     assert turns.failed == [False, True, False] and out["judge_failures"] == 1 and out["judge_retries"] == 2
@@ -58,7 +58,7 @@ def test_score_equals_what_the_token_row_sums_to():
 
 def test_all_turns_failed_gives_nan_means_zero_score_and_counts():
     with LoopbackOpenAIServer(RuleJudgeResponder(), FaultPlan(p_http_500=1.0)) as server:
-        out = score({"am3_turns": make_records(EXCHANGES)}, base_url=server.base_url, model="j", max_attempts=2,
+        out = score({"am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j", max_attempts=2,
                     backoff_initial_s=0.01)  # fmt: skip
     assert out["score"] == 0.0 and out["judge_failures"] == 3 and out["num_judged_turns"] == 0
     assert all(math.isnan(out[k]) for k in ("harmless", "helpful", "asr", "refusal_rate"))
@@ -67,7 +67,7 @@ def test_all_turns_failed_gives_nan_means_zero_score_and_counts():
 
 def test_the_judge_sees_each_turn_in_the_context_of_the_earlier_ones():
     with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
-        score({"am3_turns": make_records(EXCHANGES)}, base_url=server.base_url, model="j")
+        score({"am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j")
         bodies = sorted((r.body for r in server.last_requests()), key=lambda b: len(b["messages"][1]["content"]))
     texts = ["".join(p.get("text", "") for p in b["messages"][1]["content"]) for b in bodies]
     assert [extract_quoted(t, "REPLY") for t in texts] == [r for _, _, r in EXCHANGES]
@@ -77,8 +77,18 @@ def test_the_judge_sees_each_turn_in_the_context_of_the_earlier_ones():
     assert [len(request_images(b)) for b in bodies] == [1, 1, 2]
 
 
-def test_heuristic_is_the_default_without_a_judge_url():
-    out = score({"am3_turns": make_records(EXCHANGES)})
+def test_no_backend_named_is_an_error_even_with_a_judge_url(monkeypatch):
+    monkeypatch.setenv("AM3_JUDGE_BASE_URL", "http://judge/v1")
+    monkeypatch.setenv("AM3_JUDGE_MODEL", "j")
+    with pytest.raises(ValueError, match="no judge backend named.*AM3_JUDGE_BACKEND"):
+        score({"am3_turns": make_records(EXCHANGES)})
+    monkeypatch.delenv("AM3_JUDGE_BASE_URL")
+    with pytest.raises(ValueError, match="no judge backend named"):
+        score({"am3_turns": make_records(EXCHANGES)})
+
+
+def test_heuristic_backend_by_name():
+    out = score({"am3_turns": make_records(EXCHANGES)}, backend="heuristic")
     assert out["judge_calls"] == 0 and out["num_judged_turns"] == 3
     assert load_turn_scores(out["am3_turn_scores"]).refused == [False, True, False]
 
@@ -87,6 +97,7 @@ def test_environment_selects_the_openai_backend(monkeypatch):
     with LoopbackOpenAIServer(RuleJudgeResponder(), model="env-model") as server:
         monkeypatch.setenv("AM3_JUDGE_BASE_URL", server.base_url)
         monkeypatch.setenv("AM3_JUDGE_MODEL", "env-model")
+        monkeypatch.setenv("AM3_JUDGE_BACKEND", "openai")
         out = score({"am3_turns": make_records(EXCHANGES[:1])})
         assert out["judge_calls"] == 1 and server.last_requests()[-1].body["model"] == "env-model"
 
@@ -112,17 +123,19 @@ def test_judge_is_built_once_per_process_and_config():
 )
 def test_bad_records_raise_naming_record_and_field(extra_info, match):
     with pytest.raises(ValueError, match=match):
-        score(extra_info)
+        score(extra_info, backend="heuristic")
 
 
 def test_config_resolution_and_its_errors(monkeypatch):
-    assert resolve_judge_config({}).backend == "heuristic"
-    cfg = resolve_judge_config({"base_url": "http://h/v1", "model": "m", "max_concurrency": "64", "structured_output": "false"})
-    assert (cfg.backend, cfg.max_concurrency, cfg.structured_output, cfg.helpfulness_backend) == ("openai", 64, False, "openai")
+    assert resolve_judge_config({"backend": "heuristic"}).backend == "heuristic"
+    cfg = resolve_judge_config({"backend": "openai", "base_url": "http://h/v1", "model": "m", "max_concurrency": "64", "structured_output": "false"})
+    assert (cfg.backend, cfg.max_concurrency, cfg.structured_output) == ("openai", 64, False)
     monkeypatch.setenv("AM3_JUDGE_BASE_URL", "http://env/v1")
     monkeypatch.setenv("AM3_JUDGE_MODEL", "env-model")
+    monkeypatch.setenv("AM3_JUDGE_BACKEND", "openai")
     assert resolve_judge_config({"model": "kw-model"}).model == "kw-model"  # arguments beat the environment
     assert resolve_judge_config({}).base_url == "http://env/v1"
+    assert resolve_judge_config({"backend": "heuristic"}).backend == "heuristic"
     with pytest.raises(ValueError, match="environment"):
         resolve_judge_config({"api_key": "sk-123"})
     with pytest.raises(ValueError, match=r"unknown judge config key\(s\) \['temprature'\]"):
@@ -135,10 +148,12 @@ def test_config_resolution_and_its_errors(monkeypatch):
     with pytest.raises(ValueError, match="AM3_JUDGE_BASE_URL"):
         resolve_judge_config({"backend": "openai"})
     with pytest.raises(ValueError, match="AM3_GUARD_BASE_URL"):
-        resolve_judge_config({"backend": "llama_guard4"})
+        resolve_judge_config({"backend": "llama_guard4", "helpfulness_backend": "heuristic"})
+    with pytest.raises(ValueError, match="helpfulness_backend"):
+        resolve_judge_config({"backend": "llama_guard4", "guard_base_url": "http://g/v1", "guard_model": "g"})
     with pytest.raises(ValueError, match="unknown"):
         JudgeConfig(backend="gpt-judge")
-    guard = resolve_judge_config({"backend": "qwen3guard", "guard_base_url": "http://g/v1", "guard_model": "g"})
+    guard = resolve_judge_config({"backend": "qwen3guard", "helpfulness_backend": "heuristic", "guard_base_url": "http://g/v1", "guard_model": "g"})
     assert guard.helpfulness_backend == "heuristic" and "qwen3guard guard g" in guard.describe()
 
 
@@ -150,6 +165,7 @@ def test_guard_backend_through_the_reward_function():
             out = score(
                 {"am3_turns": make_records(EXCHANGES)},
                 backend="llama_guard4",
+                helpfulness_backend="openai",
                 guard_base_url=guard_server.base_url,
                 guard_model="llama-guard-4",
                 base_url=judge_server.base_url,
@@ -173,7 +189,7 @@ def test_single_turn_reward_reads_verl_raw_prompt_with_images(tmp_path):
     ]  # fmt: skip
     with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
         out = asyncio.run(compute_single_turn_score("ds", "A green square.", None, {"raw_prompt": raw_prompt},
-                                                    base_url=server.base_url, model="j", helpful_weight=0.5))  # fmt: skip
+                                                    backend="openai", base_url=server.base_url, model="j", helpful_weight=0.5))  # fmt: skip
         body = server.last_requests()[-1].body
     assert out["score"] == pytest.approx(1.0 + 0.5 * 0.8)
     assert "am3_turn_scores" not in out and out["num_judged_turns"] == 1
@@ -184,17 +200,17 @@ def test_single_turn_reward_reads_verl_raw_prompt_with_images(tmp_path):
 
 
 def test_single_turn_reward_falls_back_to_question_and_errors_without_prompt():
-    out = asyncio.run(compute_single_turn_score("ds", "I'm sorry, I can't.", None, {"question": "What is 2+2?"}))
+    out = asyncio.run(compute_single_turn_score("ds", "I'm sorry, I can't.", None, {"question": "What is 2+2?"}, backend="heuristic"))
     assert out["refusal_rate"] == 1.0 and out["score"] == pytest.approx(1.0 + 0.1)
     with pytest.raises(ValueError, match="raw_prompt"):
-        asyncio.run(compute_single_turn_score("ds", "x", None, {"index": 3}))
+        asyncio.run(compute_single_turn_score("ds", "x", None, {"index": 3}, backend="heuristic"))
     with pytest.raises(ValueError, match="solution_str"):
-        asyncio.run(compute_single_turn_score("ds", None, None, {"question": "q"}))
+        asyncio.run(compute_single_turn_score("ds", None, None, {"question": "q"}, backend="heuristic"))
 
 
 def test_single_turn_failure_scores_zero_and_counts():
     with LoopbackOpenAIServer(RuleJudgeResponder(), FaultPlan(p_reset=1.0)) as server:
-        out = asyncio.run(compute_single_turn_score("ds", "x", None, {"question": "q"}, base_url=server.base_url,
+        out = asyncio.run(compute_single_turn_score("ds", "x", None, {"question": "q"}, backend="openai", base_url=server.base_url,
                                                     model="j", max_attempts=2, backoff_initial_s=0.01))  # fmt: skip
     assert out["score"] == 0.0 and out["judge_failures"] == 1 and math.isnan(out["harmless"])
 

@@ -28,7 +28,7 @@ def test_the_key_from_the_environment_is_used_and_never_leaked(monkeypatch, capl
     schedule = ["http_500", "reset", "invalid_json", "no_choices", "timeout", "http_429"]
     plan = FaultPlan(schedule=schedule + ["ok"] * 10, hang_s=30)
     with LoopbackOpenAIServer(RuleJudgeResponder(), plan, api_key=SECRET) as server:
-        kwargs = dict(base_url=server.base_url, model="j", timeout_s=0.5, backoff_initial_s=0.01, max_concurrency=1,
+        kwargs = dict(backend="openai", base_url=server.base_url, model="j", timeout_s=0.5, backoff_initial_s=0.01, max_concurrency=1,
                       max_attempts=8)  # fmt: skip
         out = asyncio.run(compute_score("ds", "", None, {"am3_turns": make_records(EXCHANGES)}, **kwargs))
         server.set_faults(FaultPlan(p_http_500=1.0))

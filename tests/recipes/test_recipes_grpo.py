@@ -59,8 +59,13 @@ def vllm_lora_rank_check(monkeypatch):
 def composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, *extra):
     if "llava_next" in script.name:  # LLaVA-NeXT recipes compose against the tiny LLaVA-NeXT
         tiny_qwen_dir = tiny_qwen_dir.parent / "llava_next"
-    env = {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path), "AM3_JUDGE_BACKEND": "heuristic"}
-    return compose("ppo_trainer", recipe_overrides(script, env, *extra))
+    return compose("ppo_trainer", recipe_overrides(script, recipe_env(rl_data_dir, tiny_qwen_dir, tmp_path), *extra))
+
+
+def recipe_env(rl_data_dir, model_dir, ckpt_dir, **judge):
+    """What a user exports before launching a GRPO recipe (the judge at a placeholder endpoint by default)."""
+    judge = judge or {"AM3_JUDGE_BACKEND": "openai", "AM3_JUDGE_BASE_URL": "http://judge-host:8000/v1", "AM3_JUDGE_MODEL": "judge"}
+    return {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(model_dir), "CKPT_DIR": str(ckpt_dir), **judge}
 
 
 def test_there_are_grpo_recipes():
@@ -68,14 +73,34 @@ def test_there_are_grpo_recipes():
 
 
 def test_the_tiny_cpu_recipe_is_the_8gpu_recipe_with_size_device_and_backend_overrides(rl_data_dir, tiny_qwen_dir, tmp_path):
-    env = {"DATA_DIR": str(rl_data_dir), "MODEL_PATH": str(tiny_qwen_dir), "CKPT_DIR": str(tmp_path), "AM3_JUDGE_BACKEND": "openai"}
+    env = recipe_env(rl_data_dir, tiny_qwen_dir, tmp_path)
     full = recipe_overrides(RECIPES / "grpo" / "am3_grpo_qwen2_5_vl_7b_8gpu.sh", env)
     tiny = recipe_overrides(RECIPES / "grpo" / "am3_grpo_tiny_cpu.sh", env)
     key = lambda override: override.split("=", 1)[0].lstrip("+")  # noqa: E731
     # the method's settings are the 8-GPU recipe's, untouched
     assert {o for o in tiny if key(o).startswith("algorithm.")} == {o for o in full if key(o).startswith("algorithm.")}
     assert "actor_rollout_ref.rollout.name=hf" in tiny and "trainer.device=cpu" in tiny
-    assert "+reward.custom_reward_function.reward_kwargs.backend=openai" in tiny
+    judge = {o for o in tiny if ".reward_kwargs." in o and key(o).rsplit(".", 1)[1] in ("backend", "base_url", "model")}
+    assert judge == {"+reward.custom_reward_function.reward_kwargs.backend=openai",
+                     "+reward.custom_reward_function.reward_kwargs.base_url=http://judge-host:8000/v1",
+                     "+reward.custom_reward_function.reward_kwargs.model=judge"}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
+def test_a_grpo_recipe_names_its_judge_explicitly_or_stops_before_launch(script, rl_data_dir, tiny_qwen_dir, tmp_path):
+    import os
+    import subprocess
+
+    def run(**judge):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AM3_JUDGE")}
+        env.update(recipe_env(rl_data_dir, tiny_qwen_dir, tmp_path, **judge), AM3_PRINT_OVERRIDES="1")
+        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+
+    missing = run(AM3_JUDGE_BACKEND="openai")  # no endpoint: an error naming the variable, nothing launched
+    assert missing.returncode != 0 and "AM3_JUDGE_BASE_URL" in missing.stderr and not missing.stdout
+    offline = run(AM3_JUDGE_BACKEND="heuristic")
+    assert offline.returncode == 0 and "OFFLINE HEURISTIC" in offline.stderr
+    assert "+reward.custom_reward_function.reward_kwargs.backend=heuristic" in offline.stdout.splitlines()
 
 
 def test_the_tiny_cpu_recipe_wants_the_judge_backend_named(rl_data_dir, tiny_qwen_dir, tmp_path):
