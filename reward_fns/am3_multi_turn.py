@@ -8,7 +8,7 @@ estimator reads (``am3_turn_scores``). Details: :mod:`am3_verl.judges.reward`, d
 
 verl overrides (rubric VLM judge behind an OpenAI-compatible endpoint; the key stays in the environment)::
 
-    export AM3_JUDGE_BASE_URL=http://judge-host:8000/v1 AM3_JUDGE_MODEL=Qwen/Qwen2.5-VL-72B-Instruct
+    export AM3_JUDGE_BACKEND=openai AM3_JUDGE_BASE_URL=http://judge-host:8000/v1 AM3_JUDGE_MODEL=Qwen/Qwen2.5-VL-72B-Instruct
     export AM3_JUDGE_API_KEY=...            # if the endpoint needs one
     python -m verl.trainer.main_ppo ... \\
         reward.custom_reward_function.path=reward_fns/am3_multi_turn.py \\
@@ -16,9 +16,10 @@ verl overrides (rubric VLM judge behind an OpenAI-compatible endpoint; the key s
         +reward.custom_reward_function.reward_kwargs.max_concurrency=256 \\
         +reward.custom_reward_function.reward_kwargs.timeout_s=120
 
-Offline (CPU demo, tests): leave AM3_JUDGE_BASE_URL unset or add
+The backend is always named (``AM3_JUDGE_BACKEND`` or the ``backend`` kwarg; an error otherwise).
+Offline (CPU demo, tests):
 ``+reward.custom_reward_function.reward_kwargs.backend=heuristic``. A guard for harmlessness:
-``+reward.custom_reward_function.reward_kwargs.backend=llama_guard4`` (or ``qwen3guard``) with
+``+reward.custom_reward_function.reward_kwargs.backend=llama_guard4`` (or ``qwen3guard``) and ``helpfulness_backend``, with
 AM3_GUARD_BASE_URL / AM3_GUARD_MODEL set. Installed am3-verl also works as
 ``reward.custom_reward_function.path=pkg://am3_verl.judges.reward``.
 """

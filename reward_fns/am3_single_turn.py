@@ -9,7 +9,7 @@ agent-loop rollout, images included) or else the text ``extra_info["question"]``
 
 verl overrides::
 
-    export AM3_JUDGE_BASE_URL=http://judge-host:8000/v1 AM3_JUDGE_MODEL=Qwen/Qwen2.5-VL-72B-Instruct
+    export AM3_JUDGE_BACKEND=openai AM3_JUDGE_BASE_URL=http://judge-host:8000/v1 AM3_JUDGE_MODEL=Qwen/Qwen2.5-VL-72B-Instruct
     python -m verl.trainer.main_ppo ... \\
         reward.custom_reward_function.path=reward_fns/am3_single_turn.py \\
         reward.custom_reward_function.name=compute_score \\
