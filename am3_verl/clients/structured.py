@@ -1,7 +1,8 @@
 """Strict parsing of a model's structured answer: exactly one JSON object that matches a pydantic model.
 
 Judges, the pairwise comparer and the data builder ask endpoints for one JSON object (optionally inside a
-single ```json fence) and accept nothing else: no prose around it, no second object, no extra keys.
+single ```json fence) and accept nothing else: no prose around it, no second object, no extra keys, no
+key given twice (JSON would silently keep the last one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ M = TypeVar("M", bound=BaseModel)
 _FENCED = re.compile(r"^```(?:json)?[ \t]*\n(?P<body>.*)\n```$", re.DOTALL)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def json_object(content: str, what: str = "answer", error: type[ValueError] = ValueError) -> dict[str, Any]:
     """The single JSON object in ``content`` (alone or in one ```json fence); raises ``error`` naming ``what``."""
     body = content.strip()
@@ -24,9 +38,11 @@ def json_object(content: str, what: str = "answer", error: type[ValueError] = Va
     if fenced:
         body = fenced.group("body").strip()
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not a single JSON object ({exc.msg}): {content[:200]!r}") from None
+    except _DuplicateKey as exc:
+        raise error(f"{what} repeats the key {exc.args[0]!r} (ambiguous: refused): {content[:200]!r}") from None
     if not isinstance(raw, dict):
         raise error(f"{what} is JSON {type(raw).__name__}, not an object: {content[:200]!r}")
     return raw

@@ -11,7 +11,12 @@ Two things live here because both the judge client and the loopback judge server
 
   The nonce is drawn after the reply exists, so the reply cannot contain the closing marker. On top of
   that :func:`neutralise` rewrites every run of three or more ``<`` or ``>`` into the look-alike
-  ``‹``/``›`` characters, so quoted text cannot even *imitate* a marker (with any nonce).
+  ``‹``/``›`` characters, so quoted text cannot even *imitate* a marker (with any nonce), and rewrites
+  the special-token strings of common chat templates (:data:`TEMPLATE_TOKEN`: ChatML/Qwen/InternVL
+  ``<|im_end|>``, Llama 3/4 ``<|eot_id|>``/``<|header_start|>``, Mistral ``[INST]``, ``</s>``, Gemma
+  ``<end_of_turn>``, ...) the same visible way (``<|im_end|>`` -> ``‹|im_end|›``, ``[INST]`` -> ``⟦INST⟧``):
+  a judge served by vLLM would otherwise render them as real control tokens, letting a reply close
+  the judge's user message and forge a turn. The rewrite is one-to-one, so logs show what was written.
 * **The verdict.** The judge must answer with exactly one JSON object of the :class:`Verdict` schema
   (optionally inside a single ```json fence and nothing else). :func:`parse_verdict` accepts that and
   nothing more: no extra keys, no prose around it, no strings where numbers belong. Scores are on the
@@ -34,6 +39,17 @@ SCORE_SCALE = 10.0
 _LT_RUN = re.compile(r"<{3,}")
 _GT_RUN = re.compile(r">{3,}")
 
+TEMPLATE_TOKEN = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>"  # ChatML / Qwen / InternVL / Llama 3-4 / Phi: <|im_end|>, <|eot_id|>, <|header_start|>
+    r"|<\uff5c[^<>\uff5c]{1,64}\uff5c>"  # DeepSeek's full-width bars: <｜end▁of▁sentence｜>
+    r"|</?(?:s|bos|eos|unk|pad|start_of_turn|end_of_turn|start_of_image|end_of_image|img|IMG_CONTEXT)>"  # Llama 2 / Vicuna / Mistral / Gemma / InternVL
+    r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|IMG|IMG_BREAK|IMG_END)\]",  # Mistral
+    re.IGNORECASE,
+)
+"""Special-token strings of common chat templates that a served judge would parse as control tokens."""
+
+_TEMPLATE_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "\u27e6", "]": "\u27e7"})
+
 
 class JudgeFormatError(ValueError):
     """The judge's answer is not exactly one valid verdict object."""
@@ -45,10 +61,13 @@ def new_nonce() -> str:
 
 
 def neutralise(text: str) -> str:
-    """Return ``text`` with every run of 3+ ``<``/``>`` replaced by as many ``‹``/``›``.
+    """Return ``text`` with quote markers and chat-template tokens made inert, visibly.
 
-    The result never contains ``<<<`` or ``>>>``, so it cannot open or close a quote marker.
+    Every run of 3+ ``<``/``>`` becomes as many ``‹``/``›``, and every :data:`TEMPLATE_TOKEN` has its
+    brackets swapped for look-alikes (``<|im_end|>`` -> ``‹|im_end|›``). The result never contains
+    ``<<<``, ``>>>`` or a template token, so it can neither close a quote nor end the judge's message.
     """
+    text = TEMPLATE_TOKEN.sub(lambda m: m.group(0).translate(_TEMPLATE_BRACKETS), text)
     text = _LT_RUN.sub(lambda m: "\u2039" * len(m.group(0)), text)
     return _GT_RUN.sub(lambda m: "\u203a" * len(m.group(0)), text)
 

@@ -32,7 +32,7 @@ from typing import Any
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
 from am3_verl.judges.base import Judge, JudgeRequest, TurnJudgment
 from am3_verl.clients.chat import ChatClient
-from am3_verl.judges.format import JudgeFormatError
+from am3_verl.judges.format import JudgeFormatError, neutralise
 from am3_verl.clients.images import image_data_url
 
 LLAMA_GUARD_CATEGORIES: dict[str, str] = {
@@ -113,20 +113,24 @@ class SafetyGuard:
         raise NotImplementedError
 
     def render(self, request: JudgeRequest) -> list[dict[str, Any]]:
-        """The conversation as alternating user/assistant messages ending on the reply under judgment."""
+        """The conversation as alternating user/assistant messages ending on the reply under judgment.
+
+        Texts are :func:`~am3_verl.judges.format.neutralise`-d: a chat-template token written by the
+        policy must not become a control token of the guard's own template.
+        """
         messages: list[dict[str, Any]] = []
         for turn in request.turns:
             if self.sends_images and turn.user_images:
                 parts: list[dict[str, Any]] = []
                 for i, chunk in enumerate(turn.user_text.split(IMAGE_PLACEHOLDER)):
                     if chunk:
-                        parts.append({"type": "text", "text": chunk})
+                        parts.append({"type": "text", "text": neutralise(chunk)})
                     if i < len(turn.user_images):
                         parts.append({"type": "image_url", "image_url": {"url": image_data_url(turn.user_images[i])}})
                 messages.append({"role": "user", "content": parts})
             else:
-                messages.append({"role": "user", "content": turn.user_text.replace(IMAGE_PLACEHOLDER, "[image]")})
-            messages.append({"role": "assistant", "content": turn.reply})
+                messages.append({"role": "user", "content": neutralise(turn.user_text.replace(IMAGE_PLACEHOLDER, "[image]"))})
+            messages.append({"role": "assistant", "content": neutralise(turn.reply)})
         return messages
 
     async def classify(self, request: JudgeRequest):

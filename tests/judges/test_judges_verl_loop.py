@@ -126,7 +126,7 @@ def run_rollout(tiny_qwen_dir, parquet, loops, reward_overrides, rows=(0, 1, 2, 
 
 
 def overrides_for(path: str, name: str, server: LoopbackOpenAIServer, **extra) -> list[str]:
-    kwargs = {"base_url": server.base_url, "model": "loopback-judge", **extra}
+    kwargs = {"backend": "openai", "base_url": server.base_url, "model": "loopback-judge", **extra}
     return [
         f"reward.custom_reward_function.path={path}",
         f"reward.custom_reward_function.name={name}",
