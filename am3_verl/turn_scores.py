@@ -21,7 +21,8 @@ Token layout of one response row (turns are the maximal runs of ``response_mask 
 * ``h_t`` sits on the position **right after** the turn: the first token of the next user message, or,
   after the final reply, the one slot token (mask 0) that the dialogue environment always appends. So
   the two never collide, whatever the turn's length (one-token turns included);
-* a turn whose judge failed carries ``-0.0`` on both positions. ``-0.0`` adds as zero, so code that
+* a turn whose judge failed carries ``-0.0`` on both positions (and only such a turn: a judged score of
+  ``-0.0`` is written as ``+0.0``). ``-0.0`` adds as zero, so code that
   only sums the row (plain ``grpo``, verl's score metrics) sees a failed turn as contributing nothing,
   while :func:`decode_batch` tells it apart from a genuine score of 0 by its sign bit;
 * every other position is 0.
@@ -136,8 +137,9 @@ def encode_row(response_mask: Sequence[int] | torch.Tensor, scores: TurnScores, 
             row[end - 1] = -0.0
             row[h_pos] = -0.0
         else:
-            row[end - 1] = scores.harmless[t]
-            row[h_pos] = scores.helpful[t]
+            # + 0.0 turns a judged -0.0 into +0.0: the failure marker can only come from a failed turn
+            row[end - 1] = float(scores.harmless[t]) + 0.0
+            row[h_pos] = float(scores.helpful[t]) + 0.0
     return row
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,6 +29,14 @@ from pydantic import ValidationError
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
 from am3_verl.clients.chat import per_loop
 from am3_verl.clients.images import sniff_mime
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate code point replaced by U+FFFD (so it encodes as UTF-8)."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +50,10 @@ class DialogueTurn:
     """The reply was cut off by the token budget."""
 
     def __post_init__(self) -> None:
+        # A lone surrogate (e.g. from bytes decoded with surrogateescape) cannot be encoded as UTF-8 for
+        # a judge or a hash; it becomes the visible replacement character instead of an exception.
+        object.__setattr__(self, "user_text", replace_lone_surrogates(self.user_text))
+        object.__setattr__(self, "reply", replace_lone_surrogates(self.reply))
         n = self.user_text.count(IMAGE_PLACEHOLDER)
         if n != len(self.user_images):
             raise ValueError(f"user text has {n} {IMAGE_PLACEHOLDER} placeholder(s) but {len(self.user_images)} image(s)")
@@ -245,7 +258,7 @@ def turns_from_records(records: Iterable[Any], where: str = "am3_turns") -> list
     Raises ``ValueError`` naming the record index and field for a malformed record, and when the
     records' ``turn`` fields are not 0, 1, 2, ... in order.
     """
-    if isinstance(records, (str, bytes, Mapping)):
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise ValueError(f"{where} must be a list of turn records, got {type(records).__name__}")
     turns = []
     for i, raw in enumerate(records):

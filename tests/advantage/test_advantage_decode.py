@@ -80,3 +80,15 @@ def test_decode_rejects_a_turn_on_the_last_position_naming_the_row():
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 1], [1, 1, 1, 1]])
     with pytest.raises(ValueError, match="row 2 has a turn ending on the last position"):
         decode_batch(torch.zeros(4, 4), mask)
+
+
+def test_a_judged_negative_zero_is_a_score_not_the_failure_marker():
+    from am3_verl.turn_scores import TurnScores, decode_batch, encode_row
+
+    mask = torch.tensor([1, 1, 0, 1, 0])
+    row = encode_row(mask, TurnScores(harmless=[-0.0, 1.0], helpful=[-0.0, 0.5], failed=[False, False]))
+    decoded = decode_batch(row[None], mask[None])
+    assert decoded.valid.tolist() == [[True, True]]
+    assert decoded.harmless.tolist() == [[0.0, 1.0]] and decoded.helpful.tolist() == [[0.0, 0.5]]
+    failed = encode_row(mask, TurnScores(harmless=[0.3, 1.0], helpful=[0.2, 0.5], failed=[True, False]))
+    assert decode_batch(failed[None], mask[None]).valid.tolist() == [[False, True]]

@@ -12,7 +12,7 @@ from PIL import Image
 from am3_verl.judges.format import extract_quoted
 from am3_verl.judges.config import JudgeConfig, get_judge, resolve_judge_config
 from am3_verl.judges.reward import compute_score, compute_single_turn_score, dialogue_from_prompt
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder, request_images
+from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder, request_images, request_text
 from am3_verl.turn_scores import TurnScores, decode_batch, encode_row, load_turn_scores
 from judge_helpers import make_png, make_records
 
@@ -224,3 +224,20 @@ def test_dialogue_from_prompt_validates_the_messages():
         dialogue_from_prompt([{"role": "user", "content": [{"type": "image"}]}], "r")
     turns = dialogue_from_prompt([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "r")
     assert len(turns) == 1 and turns[0].user_text == "a\nb"
+
+
+def test_a_reply_with_a_lone_surrogate_is_judged_not_raised():
+    records = make_records(EXCHANGES[:1])
+    records[0]["reply"] = "broken \udcff bytes"
+    assert score({"am3_turns": records}, backend="heuristic")["num_judged_turns"] == 1
+    with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
+        out = score({"am3_turns": records}, backend="openai", base_url=server.base_url, model="j")
+        assert out["num_judged_turns"] == 1 and out["judge_failures"] == 0
+        assert "broken \ufffd bytes" in request_text(server.last_requests()[-1].body)
+    out = asyncio.run(compute_single_turn_score("ds", "x \ud800", None, {"question": "q"}, backend="heuristic"))
+    assert out["num_judged_turns"] == 1
+
+
+def test_am3_turns_none_is_a_clear_error_naming_the_field():
+    with pytest.raises(ValueError, match=r"extra_info\['am3_turns'\] must be a list of turn records, got NoneType"):
+        score({"am3_turns": None}, backend="heuristic")
