@@ -125,6 +125,22 @@ class _AttemptError(Exception):
         self.retry_after = retry_after
 
 
+def secret_encodings(secret: str) -> set[str]:
+    """The forms in which ``secret`` can come back from a server: raw, JSON-escaped, URL-encoded (both styles)."""
+    from urllib.parse import quote, quote_plus
+
+    return {form for form in (secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)) if form}
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every encoding of ``secret`` (:func:`secret_encodings`) replaced by ``***``."""
+    if not secret or not text:
+        return text
+    for form in sorted(secret_encodings(secret), key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
 def _fail(kind: str, message: str, retryable: bool, retry_after: float | None = None) -> _AttemptError:
     return _AttemptError(kind, message, retryable, retry_after)
 
@@ -241,15 +257,15 @@ class ChatClient:
         while True:
             attempts += 1
             try:
-                content = await self._attempt(body)
+                content = redact(await self._attempt(body), self.config.api_key)  # an endpoint may echo the key
                 value = parse(content) if parse is not None else None
                 return ChatResult(True, content, value, None, None, attempts, dict(failures), time.perf_counter() - start)
             except _AttemptError as exc:
                 error = exc
             except ValueError as exc:  # the caller's parser rejected the answer
                 error = _fail("parse", str(exc), self.config.retry_parse_errors)
-            if self.config.api_key and self.config.api_key in str(error):  # a server that echoes the key
-                error = _fail(error.kind, str(error).replace(self.config.api_key, "***"), error.retryable, error.retry_after)
+            if self.config.api_key and redact(str(error), self.config.api_key) != str(error):  # a server that echoes the key
+                error = _fail(error.kind, redact(str(error), self.config.api_key), error.retryable, error.retry_after)
             failures[error.kind] += 1
             logger.debug("chat attempt %d to %s failed (%s): %s", attempts, self._url, error.kind, error)
             if state is None:

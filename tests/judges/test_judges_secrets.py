@@ -103,3 +103,39 @@ def test_a_key_echoed_by_a_server_is_redacted_from_errors_and_logs(caplog):
         thread.join(10)
     assert not result.ok and "key Bearer *** is invalid" in result.error
     assert SECRET not in result.error and SECRET not in caplog.text and SECRET not in repr(result)
+
+
+QUOTED_SECRET = 'sk-"am3"/key+with spaces&more'
+
+
+def test_every_encoding_of_a_key_is_redacted():
+    import json
+    from urllib.parse import quote, quote_plus
+
+    from am3_verl.clients.chat import redact
+
+    forms = [QUOTED_SECRET, json.dumps(QUOTED_SECRET)[1:-1], quote(QUOTED_SECRET, safe=""), quote_plus(QUOTED_SECRET)]
+    text = " | ".join(f"server said {form}" for form in forms)
+    assert redact(text, QUOTED_SECRET) == " | ".join("server said ***" for _ in forms)
+
+
+def test_an_endpoint_that_echoes_the_key_in_its_answer_never_returns_it(monkeypatch):
+    import json
+    from urllib.parse import quote
+
+    from am3_verl.clients.chat import ChatClient, ChatClientConfig
+
+    echo = f"key {QUOTED_SECRET} / {json.dumps(QUOTED_SECRET)} / {quote(QUOTED_SECRET, safe='')}"
+    with LoopbackOpenAIServer(lambda body: echo, api_key=QUOTED_SECRET) as server:
+        client = ChatClient(ChatClientConfig(base_url=server.base_url, model="m", api_key=QUOTED_SECRET, max_attempts=1))
+
+        async def ask():
+            try:
+                return await client.complete([{"role": "user", "content": "hi"}])
+            finally:
+                await client.aclose()
+
+        result = asyncio.run(ask())
+    assert result.ok and "***" in result.content
+    for form in ("am3", "%22am3%22", '\\"am3\\"'):
+        assert form not in result.content
