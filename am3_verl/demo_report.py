@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from am3_verl.atomic import write_text_atomic
 from am3_verl.eval.plots import _png
 
 CURVES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -119,7 +120,5 @@ log-probs agreed to {last.get("am3/sync/logprob_abs_diff/max", float("nan")):.1e
 <p>95% bootstrap intervals in brackets. Per-dialogue verdicts: <a href="eval/sft/report.html">SFT evaluation</a>,
 <a href="eval/grpo/report.html">GRPO evaluation (with the SFT run as baseline)</a>.</p>
 </body></html>"""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomic(path, page)
     return DemoReport(path, judge_line, _fmt(before.get("asr")), _fmt(after.get("asr")))

@@ -37,8 +37,9 @@ def _series(by_key: dict[str, dict[str, Any]], metric: str | None) -> tuple[list
         xs.append(int(key))
         ys.append(m["value"])
         ci = m["ci"] or [m["value"], m["value"]]
-        lo.append(m["value"] - ci[0])
-        hi.append(ci[1] - m["value"])
+        # max(0, .): a bootstrap bound can sit a rounding error past its value; matplotlib rejects negatives
+        lo.append(max(0.0, m["value"] - ci[0]))
+        hi.append(max(0.0, ci[1] - m["value"]))
     return xs, ys, lo, hi
 
 
@@ -122,8 +123,8 @@ def win_rate_plot(win_rates: dict[str, dict[str, Any]]) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(4.2, 3.0))
     values = [win_rates[a]["value"] for a in axes]
-    lo = [v - (win_rates[a]["ci"] or [v, v])[0] for a, v in zip(axes, values)]
-    hi = [(win_rates[a]["ci"] or [v, v])[1] - v for a, v in zip(axes, values)]
+    lo = [max(0.0, v - (win_rates[a]["ci"] or [v, v])[0]) for a, v in zip(axes, values)]
+    hi = [max(0.0, (win_rates[a]["ci"] or [v, v])[1] - v) for a, v in zip(axes, values)]
     ax.bar(axes, values, yerr=[lo, hi], capsize=4, color=[HELPFUL_COLOR, HARMLESS_COLOR][: len(axes)])
     ax.axhline(0.5, color="black", linewidth=1, linestyle=":")
     ax.set_ylim(0, 1)

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from am3_verl.atomic import write_text_atomic
 from am3_verl.eval import plots
 from am3_verl.eval.html_template import CSS, JS, PAGE
 from am3_verl.eval.metrics import DEFAULT_UNSAFE_THRESHOLD, MetricOptions, compute_metrics, win_rates
@@ -258,7 +259,6 @@ def write_report(
         metrics["win_rates"] = {"method": pairwise.method, **wr}
     metrics = _clean(metrics)
     metrics_path = results_dir / METRICS_FILE
-    metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     overall = metrics["overall"]
     base_overall = metrics["baseline"]["overall"] if baseline is not None else None
@@ -327,6 +327,7 @@ def write_report(
         data_json=_json_for_script(viewer),
         js=JS,
     )
-    report_path = results_dir / REPORT_FILE
-    report_path.write_text(page, encoding="utf-8")
+    # Both files are written only once everything is computed and rendered, each atomically.
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    report_path = write_text_atomic(results_dir / REPORT_FILE, page)
     return ReportOutput(metrics_path, report_path, metrics)
