@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model_timeout_s", type=float, default=300.0, help="per-attempt model timeout in seconds (default 300)")
     run.add_argument("--model_max_attempts", type=int, default=4, help="attempts per model call (default 4)")
     run.add_argument("--baseline", type=Path, default=None, help="a results folder to compare against (win rates)")
+    run.add_argument("--max_failure_rate", type=float, default=0.05,
+                     help="exit 1 when more than this share of model calls or of judge calls failed (default 0.05); "
+                          "the results are kept, so a rerun resumes")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
     _add_judge_args(run)
     _add_report_args(run)
@@ -114,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                 baseline=args.baseline, title=args.title, n_resamples=args.bootstrap, seed=args.seed,
                 viewer_items=args.viewer_items, progress=not args.no_progress,
             )
-            print(run_eval(config).paragraph())
+            summary = run_eval(config)
+            print(summary.paragraph())
+            failing = {who: share for who, share in summary.failure_shares().items() if share > args.max_failure_rate}
+            if failing:
+                print("error: " + "; ".join(f"{share:.0%} of the {who} calls failed" for who, share in failing.items())
+                      + f" (more than --max_failure_rate {args.max_failure_rate}): the metrics above are not trustworthy. "
+                      f"Check the endpoint, model name and key, then rerun the same command to retry the failed calls.",
+                      file=sys.stderr)  # fmt: skip
+                return 1
         elif args.command == "compare":
             judge = resolve_judge_config(_judge_kwargs(args))
             pairwise = compare_runs(args.results, args.baseline, judge, concurrency=args.concurrency, progress=not args.no_progress)

@@ -343,6 +343,16 @@ class RunSummary:
     model: str
     judge: str
 
+    def failure_shares(self) -> dict[str, float]:
+        """Share of generated turns without a reply, and of judge calls that failed (0 when there were none)."""
+        c = self.counts
+        generated = c["generated_turns"] + c["generation_failures"]
+        judged = c["judged_turns"] + c["judge_failures"]
+        return {
+            "model": c["generation_failures"] / generated if generated else 0.0,
+            "judge": c["judge_failures"] / judged if judged else 0.0,
+        }
+
     def paragraph(self) -> str:
         """The one-paragraph summary printed at the end of a run."""
         o = self.metrics["overall"]

@@ -238,12 +238,13 @@ class _BrokenOnComply(EvalJudge):
         return super().__call__(body)
 
 
-def test_judge_faults_are_retried_and_failed_turns_rerun(safemt_fixture, model_server, tmp_path):
+def test_judge_faults_are_retried_and_failed_turns_rerun(safemt_fixture, model_server, tmp_path, capsys):
     out = tmp_path / "faulty"
     schedule = ["http_500", "reset", "invalid_json", "http_429", "no_choices"]
     with LoopbackOpenAIServer(_BrokenOnComply(), FaultPlan(schedule=schedule), model="judge") as judge:
         args = _run_args(safemt_fixture, model_server, out, judge, "--judge_max_attempts", "2")
-        assert main(args) == 0
+        assert main(args) == 1  # 8 of 15 judge calls failed: more than --max_failure_rate, results kept
+        assert "judge calls failed" in capsys.readouterr().err
         m = _metrics(out)
         assert m["counts"]["judge_failures"] == 8 and m["counts"]["judged_turns"] == 7
         assert m["overall"]["asr"]["n"] == 7 and m["overall"]["asr"]["value"] == 0.0
@@ -261,11 +262,14 @@ def test_judge_faults_are_retried_and_failed_turns_rerun(safemt_fixture, model_s
     assert _metrics(out)["overall"]["asr"]["value"] == pytest.approx(8 / 15)
 
 
-def test_model_failure_ends_an_interactive_item(sample_data, judge_server, tmp_path):
+def test_model_failure_ends_an_interactive_item(sample_data, judge_server, tmp_path, capsys):
     with LoopbackOpenAIServer(ScriptedModel(by_turn=("answer",)), FaultPlan(p_http_500=1.0), model="down") as model:
         out = tmp_path / "down"
         assert main(_run_args([sample_data["intersafe_val"]], model, out, judge_server, "--model_max_attempts", "1",
-                              "--limit", "2")) == 0
+                              "--limit", "2")) == 1  # every model call failed: a non-zero exit, not "all n/a"
+        assert "100% of the model calls failed" in capsys.readouterr().err
+        assert main(_run_args([sample_data["intersafe_val"]], model, out, judge_server, "--model_max_attempts", "1",
+                              "--limit", "2", "--max_failure_rate", "1.0")) == 0
     items = _results(out)
     assert all(i["error"].startswith("generation failed at turn 1") for i in items)
     assert all(t["reply"] is None and t["verdict"] is None for i in items for t in i["turns"])
@@ -300,7 +304,7 @@ def test_api_keys_come_from_the_environment_and_stay_out_of_outputs(safemt_fixtu
         monkeypatch.delenv("AM3_EVAL_API_KEY", raising=False)
         assert main(_run_args(safemt_fixture[:1], model, out, judge_server)) == 2  # the model list needs the key
         assert "401" in capsys.readouterr().err
-        assert main(_run_args(safemt_fixture[:1], model, out, judge_server, "--model_name", "keyed")) == 0
+        assert main(_run_args(safemt_fixture[:1], model, out, judge_server, "--model_name", "keyed")) == 1  # no key: all failed
         assert _metrics(out)["counts"]["generation_failures"] == 3  # 401, not retried
         assert model.stats().total == 3
         monkeypatch.setenv("AM3_EVAL_API_KEY", secret)
