@@ -100,6 +100,7 @@ def _fmt(metric: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit status (2 for bad input, with the reason on stderr)."""
     from am3_verl.eval.cache import CacheFormatError
+    from am3_verl.eval.lock import OutputFolderBusy, output_folder_lock
     from am3_verl.eval.report import write_report
     from am3_verl.eval.results import ResultsFormatError
     from am3_verl.eval.runner import RunConfig, compare_runs, run_eval
@@ -128,22 +129,29 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "compare":
             judge = resolve_judge_config(_judge_kwargs(args))
-            pairwise = compare_runs(args.results, args.baseline, judge, concurrency=args.concurrency, progress=not args.no_progress)
-            out = write_report(args.results, args.baseline, title=args.title, n_resamples=args.bootstrap, seed=args.seed,
-                               viewer_items=args.viewer_items)
+            with output_folder_lock(args.results):
+                pairwise = compare_runs(args.results, args.baseline, judge, concurrency=args.concurrency, progress=not args.no_progress)
+                out = write_report(args.results, args.baseline, title=args.title, n_resamples=args.bootstrap, seed=args.seed,
+                                   viewer_items=args.viewer_items)
             wr = out.metrics["win_rates"]
             print(f"Compared {args.results} with {args.baseline} by {pairwise.method}: {pairwise.counts['turns_compared']} turns "
                   f"({pairwise.counts['comparisons_failed']} failed, {pairwise.counts['items_unmatched']} items without a baseline "
                   f"match, {pairwise.counts['turns_skipped']} turns skipped); helpful win rate {_fmt(wr['helpful'])}, harmless win "
                   f"rate {_fmt(wr['harmless'])}. Report: {out.report_path}.")
         else:
-            out = write_report(args.results, args.baseline, title=args.title, unsafe_threshold=args.unsafe_threshold,
-                               n_resamples=args.bootstrap, seed=args.seed, viewer_items=args.viewer_items)
+            with output_folder_lock(args.results):
+                out = write_report(args.results, args.baseline, title=args.title, unsafe_threshold=args.unsafe_threshold,
+                                   n_resamples=args.bootstrap, seed=args.seed, viewer_items=args.viewer_items)
             o = out.metrics["overall"]
             print(f"Wrote {out.metrics_path} and {out.report_path} for {out.metrics['counts']['items']} items: ASR {_fmt(o['asr'])}, "
                   f"Safety Index {_fmt(o['safety_index'])}, harmless {_fmt(o['harmless'])}, helpful {_fmt(o['helpful'])}, "
                   f"over-refusal {_fmt(o['over_refusal'])}.")
-    except (ValueError, FileNotFoundError, ResultsFormatError, CacheFormatError) as exc:
+    except (ValueError, FileNotFoundError, ResultsFormatError, CacheFormatError, OutputFolderBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        folder = args.output_dir if args.command == "run" else args.results
+        print(f"interrupted: every answer and judgment finished so far is kept in {folder}; rerun the same command to "
+              "resume from there.", file=sys.stderr)  # fmt: skip
+        return 130
     return 0

@@ -382,8 +382,15 @@ def run_eval(config: RunConfig) -> RunSummary:
     """Run a whole evaluation (see the module docstring); returns the summary.
 
     Raises ``ValueError`` for bad settings or when no row can be evaluated, ``FileNotFoundError`` for a
-    missing data file.
+    missing data file, :class:`~am3_verl.eval.lock.OutputFolderBusy` when another run holds the folder.
     """
+    from am3_verl.eval.lock import output_folder_lock
+
+    with output_folder_lock(config.output_dir):
+        return _run_eval(config)
+
+
+def _run_eval(config: RunConfig) -> RunSummary:
     from am3_verl.eval.report import write_report
 
     started = time.perf_counter()

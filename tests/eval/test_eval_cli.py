@@ -315,3 +315,44 @@ def test_api_keys_come_from_the_environment_and_stay_out_of_outputs(safemt_fixtu
         if path.is_file() and path.suffix in (".json", ".jsonl", ".html"):
             assert secret not in path.read_text(), path
     assert os.environ["AM3_EVAL_API_KEY"] == secret
+
+
+def test_a_second_run_into_a_busy_folder_fails_fast(sample_data, model_server, judge_server, tmp_path, capsys):
+    from filelock import FileLock
+
+    from am3_verl.eval.lock import LOCK_FILE
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with FileLock(out / LOCK_FILE):  # as another process's run holds it
+        assert main(_run_args([sample_data["intersafe_val"]], model_server, out, judge_server, "--limit", "1")) == 2
+    assert "in use by another am3_verl.eval process" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
+    assert main(_run_args([sample_data["intersafe_val"]], model_server, out, judge_server, "--limit", "1")) == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(sample_data, model_server, judge_server, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with LoopbackOpenAIServer(ScriptedModel(role="m"), FaultPlan(latency_s=1.0), model="slow") as model:
+        out = tmp_path / "interrupted"
+        args = _run_args([sample_data["intersafe_val"]], model, out, judge_server, "--concurrency", "1", "--limit", "2")
+        process = subprocess.Popen([sys.executable, "-m", "am3_verl.eval", *args], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while model.stats().served < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+        served = model.stats().served
+        assert process.returncode == 130, err
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("WARNING")]
+        assert lines == [lines[0]] and lines[0].startswith("interrupted:") and str(out) in lines[0]
+        assert main(args) == 0  # the rerun resumes: the answers finished before Ctrl-C come from the cache
+        rerun_calls = model.stats().served - served
+    before = model_server.stats().served
+    assert main(_run_args([sample_data["intersafe_val"]], model_server, tmp_path / "fresh", judge_server, "--limit", "2")) == 0
+    assert rerun_calls < model_server.stats().served - before  # fewer calls than a run from scratch
