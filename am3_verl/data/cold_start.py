@@ -37,6 +37,7 @@ from am3_verl.data.pipeline import (
     MESSAGES_TYPE,
     REJECTED,
     ParquetSink,
+    StagedOutputs,
     RowBuilder,
     RunCounts,
     chunked,
@@ -295,12 +296,15 @@ def convert_cold_start(
     )
     names = [TRAIN] + ([VAL, EVAL] if n_val else [])
     schemas = {TRAIN: SFT_SCHEMA, VAL: SFT_SCHEMA, EVAL: EVAL_SCHEMA}
-    sinks = {name: ParquetSink(out_dir / OUTPUT_FILES[name], schemas[name], row_group_rows) for name in names}
+    staged = StagedOutputs(out_dir)
+    sinks = {name: ParquetSink(staged.stage(OUTPUT_FILES[name]), schemas[name], row_group_rows) for name in names}
     sinks[GENERAL] = sinks[TRAIN]
-    rejects = RejectWriter(out_dir / REJECTS_FILE)
+    rejects = RejectWriter(staged.stage(REJECTS_FILE))
     general_counts: RunCounts | None = None
     wanted = 0
     stack = ExitStack()
+    failure: DataPrepError | None = None
+    completed = False
     try:
         spool = stack.enter_context(spool_dir(out_dir, n_workers))
         rejects.input_name = str(refusal_path)
@@ -310,7 +314,7 @@ def convert_cold_start(
             refusal_counts = drive(results, sinks, rejects, bar)
         refusal_counts.check()
         if refusal_counts.written.get(TRAIN, 0) == 0:
-            raise DataPrepError(f"no refusal sample was written for training ({refusal_counts.rejected} rejected; see {rejects.path})")
+            raise DataPrepError(f"no refusal sample was written for training ({refusal_counts.rejected} rejected; see {out_dir / REJECTS_FILE})")
         if general_source is not None:
             wanted = int(general_ratio * refusal_counts.written[TRAIN] + 0.5)
             rejects.input_name = str(general_path)
@@ -326,11 +330,22 @@ def convert_cold_start(
                     f"{general_counts.written.get(GENERAL, 0)} valid ones ({general_counts.rejected} rejected of "
                     f"{n_general}); lower the ratio or add samples"
                 )
+        completed = True
+    except DataPrepError as exc:
+        failure = exc
     finally:
         stack.close()
         rejects.close()
         for name in names:
             sinks[name].close()
+        if completed:
+            # outputs this run does not produce (e.g. an earlier run's refusal_eval.parquet) must not linger
+            staged.commit(stale=[OUTPUT_FILES[name] for name in (VAL, EVAL) if name not in names])
+        elif failure is not None:
+            staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
+        staged.discard()
+    if failure is not None:
+        raise failure
     return ColdStartSummary(out_dir, refusal_counts, general_counts, wanted, n_val, time.perf_counter() - started, n_workers)
 
 

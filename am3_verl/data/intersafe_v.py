@@ -37,6 +37,7 @@ from am3_verl.data.pipeline import (
     IMAGE_TYPE,
     MESSAGES_TYPE,
     ParquetSink,
+    StagedOutputs,
     RowBuilder,
     RunCounts,
     chunked,
@@ -309,26 +310,34 @@ def convert_intersafe_v(
         if name in categories:
             categories[name][plan.categories[position]] += 1
 
-    sinks = {name: ParquetSink(out_dir / filename, RL_SCHEMA, row_group_rows) for name, filename in OUTPUT_FILES.items()}
-    rejects = RejectWriter(out_dir / REJECTS_FILE)
-    bar = progress_bar(plan.n_records, "intersafe_v", progress)
+    staged = StagedOutputs(out_dir)
     try:
-        with spool_dir(out_dir, n_workers) as spool:
-            job = DialogueJob(source.base_dir, policy, spool)
-            results = ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers)
-            counts = drive(results, sinks, rejects, bar, tally)
+        sinks = {name: ParquetSink(staged.stage(filename), RL_SCHEMA, row_group_rows) for name, filename in OUTPUT_FILES.items()}
+        rejects = RejectWriter(staged.stage(REJECTS_FILE))
+        bar = progress_bar(plan.n_records, "intersafe_v", progress)
+        try:
+            with spool_dir(out_dir, n_workers) as spool:
+                job = DialogueJob(source.base_dir, policy, spool)
+                results = ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers)
+                counts = drive(results, sinks, rejects, bar, tally)
+        finally:
+            bar.close()
+            rejects.close()
+            for sink in sinks.values():
+                sink.close()
+        counts.check()
+        summary = IntersafeSummary(
+            Path(input_path), out_dir, counts, seed, plan.n_val, categories, dict(rejects.by_field), n_workers,
+            time.perf_counter() - started,
+        )
+        if counts.written.get(TRAIN, 0) == 0:
+            staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
+            raise DataPrepError(
+                f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; see {out_dir / REJECTS_FILE})"
+            )
+        staged.commit()
     finally:
-        bar.close()
-        rejects.close()
-        for sink in sinks.values():
-            sink.close()
-    counts.check()
-    summary = IntersafeSummary(
-        Path(input_path), out_dir, counts, seed, plan.n_val, categories, dict(rejects.by_field), n_workers,
-        time.perf_counter() - started,
-    )
-    if counts.written.get(TRAIN, 0) == 0:
-        raise DataPrepError(f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; see {rejects.path})")
+        staged.discard()
     return summary
 
 

@@ -227,6 +227,37 @@ def spool_dir(output_dir: Path, workers: int) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class StagedOutputs:
+    """A run's output files, written under temporary names and renamed to their final names only on success.
+
+    A failed, interrupted or killed run leaves no complete-looking file and never touches the outputs of
+    an earlier run; a committed run also removes the earlier run's outputs it did not produce (``stale``).
+    """
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self._partial: dict[str, Path] = {}
+
+    def stage(self, name: str) -> Path:
+        """The temporary path to write output ``name`` to (a hidden ``.partial`` file in the output folder)."""
+        self._partial[name] = self.out_dir / f".{name}.partial"
+        return self._partial[name]
+
+    def commit(self, names: Iterable[str] | None = None, stale: Iterable[str] = ()) -> None:
+        """Rename the staged files ``names`` (default: all) to their final names, delete ``stale`` outputs, discard the rest."""
+        for name in stale:
+            (self.out_dir / name).unlink(missing_ok=True)
+        for name in list(self._partial) if names is None else names:
+            os.replace(self._partial.pop(name), self.out_dir / name)
+        self.discard()
+
+    def discard(self) -> None:
+        """Delete every staged file not committed (safe to call at any time, also after :meth:`commit`)."""
+        for partial in self._partial.values():
+            partial.unlink(missing_ok=True)
+        self._partial.clear()
+
+
 class ParquetSink:
     """A parquet file written in row groups of ``row_group_rows`` rows with :func:`parquet_settings`."""
 

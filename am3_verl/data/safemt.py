@@ -36,6 +36,7 @@ from am3_verl.data.pipeline import (
     IMAGE_TYPE,
     MESSAGES_TYPE,
     ParquetSink,
+    StagedOutputs,
     RowBuilder,
     RunCounts,
     chunked,
@@ -296,35 +297,41 @@ def convert_safemt(
         for position, payload in source.payloads():
             yield position, payload, assignment[position]
 
-    sink = ParquetSink(out_dir / OUTPUT_FILE, SAFEMT_SCHEMA, row_group_rows)
-    rejects = RejectWriter(out_dir / REJECTS_FILE)
-    bar = progress_bar(n_records, "safemt", progress)
-    rounds: dict[int, int] = {}
-    scenarios: dict[str, int] = {}
+    staged = StagedOutputs(out_dir)
     try:
-        counts = RunCounts()
-        with spool_dir(out_dir, n_workers) as spool:
-            job = SafeMTJob(source.base_dir, policy, spool)
-            for result in ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers):
-                batch = result.load_batches().get(EVAL)
-                if batch is not None:
-                    for n in batch.column("num_rounds").to_pylist():
-                        rounds[n] = rounds.get(n, 0) + 1
-                    for s in batch.column("scenario").to_pylist():
-                        scenarios[s] = scenarios.get(s, 0) + 1
-                part = drive([result], {EVAL: sink}, rejects, bar)
-                counts.read += part.read
-                counts.rejected += part.rejected
-                counts.written[EVAL] = counts.written.get(EVAL, 0) + part.written.get(EVAL, 0)
-                counts.images += part.images
-                counts.resized += part.resized
+        sink = ParquetSink(staged.stage(OUTPUT_FILE), SAFEMT_SCHEMA, row_group_rows)
+        rejects = RejectWriter(staged.stage(REJECTS_FILE))
+        bar = progress_bar(n_records, "safemt", progress)
+        rounds: dict[int, int] = {}
+        scenarios: dict[str, int] = {}
+        try:
+            counts = RunCounts()
+            with spool_dir(out_dir, n_workers) as spool:
+                job = SafeMTJob(source.base_dir, policy, spool)
+                for result in ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers):
+                    batch = result.load_batches().get(EVAL)
+                    if batch is not None:
+                        for n in batch.column("num_rounds").to_pylist():
+                            rounds[n] = rounds.get(n, 0) + 1
+                        for s in batch.column("scenario").to_pylist():
+                            scenarios[s] = scenarios.get(s, 0) + 1
+                    part = drive([result], {EVAL: sink}, rejects, bar)
+                    counts.read += part.read
+                    counts.rejected += part.rejected
+                    counts.written[EVAL] = counts.written.get(EVAL, 0) + part.written.get(EVAL, 0)
+                    counts.images += part.images
+                    counts.resized += part.resized
+        finally:
+            bar.close()
+            rejects.close()
+            sink.close()
+        counts.check()
+        if counts.written.get(EVAL, 0) == 0:
+            staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
+            raise DataPrepError(f"no SafeMT item was written ({counts.rejected} of {counts.read} rejected; see {out_dir / REJECTS_FILE})")
+        staged.commit()
     finally:
-        bar.close()
-        rejects.close()
-        sink.close()
-    counts.check()
-    if counts.written.get(EVAL, 0) == 0:
-        raise DataPrepError(f"no SafeMT item was written ({counts.rejected} of {counts.read} rejected; see {rejects.path})")
+        staged.discard()
     return SafeMTSummary(Path(input_path), out_dir, counts, rounds, scenarios, time.perf_counter() - started, n_workers)
 
 
