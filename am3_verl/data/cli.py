@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 from typing import Any, Callable
 
@@ -23,13 +24,15 @@ def add_image_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_aspect_ratio", type=float, default=ImagePolicy.max_aspect_ratio,
                        help=f"reject images with long/short side above this (default {ImagePolicy.max_aspect_ratio:g})")
     group.add_argument("--image_root", default=None,
-                       help="folder that relative image paths start from (default: the input file's folder)")
+                       help="folder that relative image paths start from and that every image path must stay inside "
+                            "(default: relative to the input file's folder, any regular file)")
 
 
 def policy_from_args(args: argparse.Namespace) -> ImagePolicy:
     """The :class:`ImagePolicy` the image flags describe."""
     try:
-        return ImagePolicy(max_pixels=args.max_pixels, min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio)
+        return ImagePolicy(max_pixels=args.max_pixels, min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio,
+                           image_root=Path(args.image_root) if args.image_root else None)
     except ValueError as exc:
         raise DataPrepError(str(exc)) from exc
 

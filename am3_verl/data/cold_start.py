@@ -147,7 +147,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
                           f"{sample.question.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders but one image"))
         return
     try:
-        data, resized = prepare_image(read_image_source(sample.image, job.base_dir), job.policy)
+        data, resized = prepare_image(read_image_source(sample.image, job.base_dir, job.policy), job.policy)
     except ImageCheckError as exc:
         out.reject(Reject(position, sample.id, "image", str(exc)))
         return

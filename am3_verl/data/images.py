@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import stat
 import math
 import warnings
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ class ImagePolicy:
     """Reject images whose long side / short side exceeds this (Qwen2.5-VL's limit)."""
     max_source_pixels: int = 89_478_485
     """Reject images with more pixels than this before decoding them (Pillow's decompression-bomb bound)."""
+    max_file_bytes: int = 64 << 20
+    """Reject image files larger than this before reading them."""
+    image_root: Path | None = None
+    """When set (``--image_root``), image paths must resolve to regular files inside this folder."""
 
     def __post_init__(self) -> None:
         if self.max_pixels is not None and self.max_pixels < self.min_side * self.min_side:
@@ -46,8 +51,13 @@ class ImagePolicy:
             raise ValueError("min_side must be >= 1 and max_aspect_ratio >= 1")
 
 
-def read_image_source(entry: Any, base_dir: Path) -> bytes:
-    """The encoded bytes of one image entry; raises :class:`ImageCheckError` naming the problem."""
+def read_image_source(entry: Any, base_dir: Path, policy: ImagePolicy | None = None) -> bytes:
+    """The encoded bytes of one image entry; raises :class:`ImageCheckError` naming the problem.
+
+    A path must name a regular file (not a device, FIFO or folder) of at most ``policy.max_file_bytes``,
+    inside ``policy.image_root`` when one is set; all is checked before a byte is read.
+    """
+    policy = policy or ImagePolicy()
     if isinstance(entry, dict):
         data = entry.get("bytes")
         if not isinstance(data, (bytes, bytearray)):
@@ -65,6 +75,13 @@ def read_image_source(entry: Any, base_dir: Path) -> bytes:
     if not path.is_absolute():
         path = base_dir / path
     try:
+        if policy.image_root is not None and not path.resolve().is_relative_to(Path(policy.image_root).resolve()):
+            raise ImageCheckError(f"image path {path} is outside --image_root {policy.image_root}")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageCheckError(f"image path {path} is not a regular file")
+        if info.st_size > policy.max_file_bytes:
+            raise ImageCheckError(f"image file {path} has {info.st_size} bytes, more than the {policy.max_file_bytes} allowed")
         return path.read_bytes()
     except FileNotFoundError:
         raise ImageCheckError(f"image file not found: {path}") from None

@@ -146,7 +146,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
         stored = []
         for k, entry in enumerate(turn.images):
             try:
-                data, was_resized = prepare_image(read_image_source(entry, job.base_dir), job.policy)
+                data, was_resized = prepare_image(read_image_source(entry, job.base_dir, job.policy), job.policy)
             except ImageCheckError as exc:
                 problems.append({"field": f"turns[{t}].images[{k}]", "reason": str(exc)})
                 continue

@@ -194,7 +194,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
     images = []
     for k, entry in enumerate(entries):
         try:
-            data, resized = prepare_image(read_image_source(entry, job.base_dir), job.policy)
+            data, resized = prepare_image(read_image_source(entry, job.base_dir, job.policy), job.policy)
         except ImageCheckError as exc:
             field = "image_path" if not isinstance(item.image_path, list) else f"image_path[{k}]"
             out.reject(Reject(position, item.id, field, str(exc)))
