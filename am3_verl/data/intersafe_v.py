@@ -50,7 +50,7 @@ from am3_verl.data.pipeline import (
 from am3_verl.data.readers import RecordSource, normalise_image_entry, normalise_nulls, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
 from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
-from am3_verl.dialogue import BENIGN, CATEGORIES, Dialogue
+from am3_verl.dialogue import BENIGN, Dialogue
 
 AGENT_NAME = "am3_dialogue"
 DATA_SOURCE = "intersafe_v"
@@ -104,6 +104,8 @@ class DialogueJob:
     base_dir: Path
     policy: ImagePolicy
     spool_dir: str | None = None
+    categories: tuple[str, ...] | None = None
+    """``--categories``: the only categories accepted (``benign`` always is); None accepts any."""
 
 
 def _normalise(record: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +134,9 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
         dialogue = Dialogue.model_validate(_normalise(record))
     except ValidationError as exc:
         out.reject(reject_from_validation_error(position, record_id, exc))
+        return
+    if job.categories is not None and dialogue.category not in job.categories and dialogue.category != BENIGN:
+        out.reject(Reject(position, dialogue.id, "category", f"category {dialogue.category!r} is not in --categories"))
         return
     if assignment.startswith(_DUPLICATE):
         first = assignment.removeprefix(_DUPLICATE)
@@ -218,7 +223,7 @@ def plan_split(source: RecordSource, val_size: int | None, val_ratio: float | No
         if key is None:
             continue
         record_id, category = key.get("id"), key.get("category")
-        if not (isinstance(record_id, str) and record_id.strip() and category in CATEGORIES):
+        if not (isinstance(record_id, str) and record_id.strip() and isinstance(category, str) and category.strip()):
             continue
         categories[position] = category
         if record_id in first_seen:
@@ -283,6 +288,7 @@ def convert_intersafe_v(
     chunk_size: int = 32,
     row_group_rows: int = 256,
     progress: bool = True,
+    allowed_categories: tuple[str, ...] | None = None,
 ) -> IntersafeSummary:
     """Convert an InterSafe-V file to ``rl_train.parquet``, ``rl_val.parquet`` and ``rejects.jsonl``.
 
@@ -317,7 +323,7 @@ def convert_intersafe_v(
         bar = progress_bar(plan.n_records, "intersafe_v", progress)
         try:
             with spool_dir(out_dir, n_workers) as spool:
-                job = DialogueJob(source.base_dir, policy, spool)
+                job = DialogueJob(source.base_dir, policy, spool, allowed_categories)
                 results = ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers)
                 counts = drive(results, sinks, rejects, bar, tally)
         finally:
@@ -354,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"fraction of dialogues for validation (default {DEFAULT_VAL_RATIO})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"split seed (default {DEFAULT_SEED})")
     parser.add_argument("--row_group_size", type=int, default=256, help="parquet rows per row group (default 256)")
+    parser.add_argument("--categories", default=None,
+                        help="comma-separated list of the only harm categories accepted (benign always is); default: any "
+                             "non-empty label (the category distribution is printed)")
     add_image_args(parser)
     add_run_args(parser)
     return parser
@@ -374,6 +383,7 @@ def main(argv: list[str] | None = None) -> IntersafeSummary:
         chunk_size=args.chunk_size,
         row_group_rows=args.row_group_size,
         progress=not args.no_progress,
+        allowed_categories=tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else None,
     )
     print(summary.paragraph())
     return summary

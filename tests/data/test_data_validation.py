@@ -72,9 +72,25 @@ def test_rejects_a_line_that_is_not_a_json_object(workdir):
     assert "not a JSON object" in rejects[0]["reason"]
 
 
-def test_rejects_an_unknown_category(workdir):
-    r = _only(_run_isv(workdir, [_dialogue("d-cat", category="gossip")])[1])
-    assert (r["id"], r["field"]) == ("d-cat", "category") and "unknown category 'gossip'" in r["reason"]
+def test_any_taxonomy_is_accepted_and_counted(workdir):
+    path = write_jsonl(workdir / "in.jsonl", [_dialogue(), _dialogue("d-own", category="gossip")])
+    summary = convert_intersafe_v(path, workdir / "out", val_size=0, workers=1, progress=False)
+    assert summary.counts.written == {"train": 2} and summary.counts.rejected == 0
+    assert "gossip 1" in summary.paragraph()
+
+
+def test_categories_makes_the_list_strict_and_keeps_benign(workdir):
+    path = write_jsonl(workdir / "in.jsonl", [_dialogue(), _dialogue("d-cat", category="gossip"), _dialogue("d-ok", category="benign")])
+    summary = convert_intersafe_v(path, workdir / "out", val_size=0, workers=1, progress=False,
+                                  allowed_categories=(_dialogue()["category"],))  # fmt: skip
+    r = _only(read_rejects(workdir / "out" / "rejects.jsonl"))
+    assert (r["id"], r["field"]) == ("d-cat", "category") and "'gossip' is not in --categories" in r["reason"]
+    assert summary.counts.written == {"train": 2}
+
+
+def test_an_empty_category_is_rejected(workdir):
+    r = _only(_run_isv(workdir, [_dialogue("d-cat", category="  ")])[1])
+    assert (r["id"], r["field"]) == ("d-cat", "category") and "category is empty" in r["reason"]
 
 
 def test_rejects_an_empty_user_turn(workdir):
@@ -230,10 +246,12 @@ def test_command_fails_clearly_on_an_empty_result(tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     result = _cli("data_prep/intersafe_v.py", "--input", str(empty), "--output_dir", str(tmp_path / "o1"))
     assert result.returncode == 1 and "holds no records" in result.stderr
-    all_bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "category": "nope", "turns": []}])
-    result = _cli("data_prep/intersafe_v.py", "--input", str(all_bad), "--output_dir", str(tmp_path / "o2"), "--val_size", "0")
+    all_bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "category": "nope", "turns": [{"user": "hi", "images": []}]}])
+    result = _cli("data_prep/intersafe_v.py", "--input", str(all_bad), "--output_dir", str(tmp_path / "o2"), "--val_size", "0",
+                  "--categories", "violence,weapons")
     assert result.returncode == 1 and "no dialogue was written" in result.stderr
     assert read_rejects(tmp_path / "o2" / "rejects.jsonl")[0]["field"] == "category"
+    assert not (tmp_path / "o2" / "rl_train.parquet").exists()  # only the rejects say why
     too_many = _cli("data_prep/intersafe_v.py", "--input", str(REPO / "am3_verl/resources/sample/intersafe_v.jsonl"),
                     "--output_dir", str(tmp_path / "o3"), "--val_size", "100")
     assert too_many.returncode == 1 and "val_size 100 is larger than the 24 usable records" in too_many.stderr
