@@ -38,6 +38,7 @@ from am3_verl.data.pipeline import (
     REJECTED,
     ParquetSink,
     StagedOutputs,
+    prepare_output_dir,
     RowBuilder,
     RunCounts,
     chunked,
@@ -285,8 +286,7 @@ def convert_cold_start(
         raise DataPrepError(f"--general_ratio must be >= 0, got {general_ratio}")
     refusal_source = open_source(refusal_path, image_root)
     general_source = open_source(general_path, image_root) if general_path is not None else None
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(output_dir)
     n_workers = workers or default_workers()
     warm_up_workers(n_workers)
     seen: dict[str, str] = {}

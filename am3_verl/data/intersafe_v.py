@@ -38,6 +38,7 @@ from am3_verl.data.pipeline import (
     MESSAGES_TYPE,
     ParquetSink,
     StagedOutputs,
+    prepare_output_dir,
     RowBuilder,
     RunCounts,
     chunked,
@@ -300,8 +301,7 @@ def convert_intersafe_v(
     if val_size is None and val_ratio is None:
         val_ratio = DEFAULT_VAL_RATIO
     source = open_source(input_path, image_root)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(output_dir)
     n_workers = workers or default_workers()
     warm_up_workers(n_workers)
     plan = plan_split(source, val_size, val_ratio, seed)

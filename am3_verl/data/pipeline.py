@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from am3_verl.data.errors import DataPrepError
 from am3_verl.data.validate import Reject, RejectWriter
 
 REJECTED = "reject"
@@ -225,6 +226,22 @@ def spool_dir(output_dir: Path, workers: int) -> Iterator[str | None]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create ``path`` (with parents) and check it takes files; raises :class:`DataPrepError` saying why not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".am3-probe-"):
+            pass
+    except FileExistsError:
+        raise DataPrepError(f"--output_dir {path} exists and is not a folder") from None
+    except NotADirectoryError:
+        raise DataPrepError(f"--output_dir {path} is inside something that is not a folder") from None
+    except OSError as exc:
+        raise DataPrepError(f"--output_dir {path} cannot be written: {exc.strerror or exc}") from None
+    return path
 
 
 class StagedOutputs:

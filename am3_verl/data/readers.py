@@ -80,7 +80,7 @@ class RecordSource:
 
     def _jsonl_lines(self) -> Iterator[tuple[int, str]]:
         position = 0
-        with open(self.path, encoding="utf-8") as handle:
+        with open(self.path, encoding="utf-8-sig") as handle:  # -sig: a leading UTF-8 BOM is not part of record 0
             for line in handle:
                 if line.strip():
                     yield position, line
@@ -88,7 +88,7 @@ class RecordSource:
 
     def _json_array(self) -> list[Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(self.path.read_text(encoding="utf-8-sig"))
         except ValueError as exc:
             raise DataPrepError(f"{self.path} is not valid JSON: {exc}") from exc
         if not isinstance(data, list):
@@ -149,7 +149,7 @@ def open_source(path: str | Path, image_root: str | Path | None = None) -> Recor
                 raise DataPrepError(f"cannot read {p} as parquet: {exc}") from exc
         elif suffix in (".jsonl", ".json"):
             try:
-                with open(p, encoding="utf-8") as handle:
+                with open(p, encoding="utf-8-sig") as handle:
                     head = handle.read(4096).lstrip()
             except (OSError, UnicodeDecodeError) as exc:
                 raise DataPrepError(f"cannot read {p}: {exc}") from exc
@@ -168,6 +168,8 @@ def parse_payload(payload: str | dict[str, Any]) -> dict[str, Any]:
     """The record as a dict; raises ValueError when a JSON line does not hold an object."""
     if isinstance(payload, dict):
         return payload
+    if not isinstance(payload, str):  # an element of a JSON array that is not an object (7, null, [...])
+        raise ValueError(f"expected a JSON object, found {type(payload).__name__ if payload is not None else 'null'}")
     record = json.loads(payload)
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, found {type(record).__name__}")

@@ -37,6 +37,7 @@ from am3_verl.data.pipeline import (
     MESSAGES_TYPE,
     ParquetSink,
     StagedOutputs,
+    prepare_output_dir,
     RowBuilder,
     RunCounts,
     chunked,
@@ -287,8 +288,7 @@ def convert_safemt(
     """Write ``safemt.parquet`` and ``rejects.jsonl``; raises :class:`DataPrepError` on unreadable or empty input."""
     started = time.perf_counter()
     source = open_source(input_path, image_root)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(output_dir)
     n_workers = workers or default_workers()
     warm_up_workers(n_workers)
     assignment, n_records = _plan(source)

@@ -8,6 +8,7 @@ rows to ``rejects.jsonl``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,8 +37,22 @@ class Reject:
     """Further problems in the same record, each ``{"field", "reason"}``."""
 
     def to_json(self) -> str:
-        """One JSON line (keys in a fixed order)."""
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """One JSON line (keys in a fixed order), the same for the same input on every run."""
+        return json.dumps(without_addresses(asdict(self)), ensure_ascii=False)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def without_addresses(value: Any) -> Any:
+    """``value`` with object addresses (`` at 0x7f...``, from reprs in error messages) removed from its strings."""
+    if isinstance(value, str):
+        return _ADDRESS.sub("", value)
+    if isinstance(value, dict):
+        return {k: without_addresses(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_addresses(v) for v in value]
+    return value
 
 
 def format_loc(loc: Iterable[Any]) -> str:
@@ -97,7 +112,7 @@ class RejectWriter:
 
     def write(self, reject: Reject) -> None:
         """Write one reject row."""
-        line = reject.to_json() if self.input_name is None else json.dumps({"input": self.input_name, **asdict(reject)}, ensure_ascii=False)
+        line = reject.to_json() if self.input_name is None else json.dumps(without_addresses({"input": self.input_name, **asdict(reject)}), ensure_ascii=False)
         self._file.write(line + "\n")
         self.count += 1
         top = reject.field.split("[")[0].split(".")[0]
