@@ -1,4 +1,4 @@
-"""The turn-aware dual-objective advantage (PAPER.md eqs. 6-9) as verl's ``am3_grpo`` estimator.
+"""The turn-aware dual-objective advantage (docs/method.md eqs. 6-9) as verl's ``am3_grpo`` estimator.
 
 * :mod:`.config` - the ``algorithm.am3`` settings and how they are read from verl's config;
 * :mod:`.groups` - prompt groups and GRPO's group normalisation;

@@ -31,7 +31,7 @@ VARIANTS = ("paper", "uniform", "min_mean", "decoupled", "turn_credit")
 
 @dataclass
 class Am3AdvantageConfig(BaseConfig):
-    """Settings of ``algorithm.adv_estimator=am3_grpo`` (PAPER.md, "The reward", eqs. 6-9).
+    """Settings of ``algorithm.adv_estimator=am3_grpo`` (docs/method.md, "The reward", eqs. 6-9).
 
     Scores are in [0, 1], so a turn's group variance is at most 0.25 and its penalty at most
     ``lambda_ * tau``: ``temperature`` and ``lambda_`` decide how far the turn weights move from uniform.

@@ -105,7 +105,7 @@ def compute_am3_grpo_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """AM3 turn-aware dual-objective GRPO advantage (PAPER.md eqs. 6-9); returns ``(advantages, returns)``.
+    """AM3 turn-aware dual-objective GRPO advantage (docs/method.md eqs. 6-9); returns ``(advantages, returns)``.
 
     Both outputs are the same float32 ``[batch, length]`` tensor, 0 on every position where
     ``response_mask`` is 0. ``config`` is verl's ``algorithm`` config: settings come from

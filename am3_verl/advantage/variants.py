@@ -1,4 +1,4 @@
-"""The rollout reward (PAPER.md eq. 9) and its advantage, in the paper's form and four variants.
+"""The rollout reward (docs/method.md eq. 9) and its advantage, in the paper's form and four variants.
 
 Every variant receives the same :class:`TurnBatch` (per-turn scores of the batch, the prompt groups and
 the eq. 6-8 statistics) and returns :class:`VariantResult`: either one advantage per rollout, spread

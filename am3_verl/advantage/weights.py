@@ -1,4 +1,4 @@
-"""Turn weights from a prompt group's safety statistics (PAPER.md eqs. 6-8).
+"""Turn weights from a prompt group's safety statistics (docs/method.md eqs. 6-8).
 
 For prompt group g and assistant turn t, over the group's rollouts whose turn t was judged:
 

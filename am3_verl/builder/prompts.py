@@ -10,7 +10,7 @@ of three or more angle brackets neutralised (:mod:`am3_verl.judges.format`), so 
 red-team query cannot pose as instructions. The nonce is derived from the quoted text, so the same
 input always gives the same request (a resumed run repeats no call, and runs are reproducible).
 
-Roles (PAPER.md, "How InterSafe-V was built"):
+Roles (docs/method.md, "Three parts"):
 
 * decomposer – splits a harmful image+query into individually less harmful sub-queries, and rewrites a
   sub-query that failed review;

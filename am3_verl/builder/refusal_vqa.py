@@ -1,4 +1,4 @@
-"""The refusal VQA set (PAPER.md): 300 general harmful questions with analysed "I'm sorry" answers written
+"""The refusal VQA set (docs/method.md): 300 general harmful questions with analysed "I'm sorry" answers written
 by a model, plus 100 health and 100 finance questions with professional-boundary refusals.
 
 ``python data_prep/build_refusal_vqa.py --general SPA_VL --health JAILBREAKV_CSV --finance MMFIN_TSV
