@@ -135,8 +135,10 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer):
     real = np.array(uid[:21], dtype=object)
     want = compute_am3_metrics(rows["rm_scores"][:21], rows["response_mask"][:21], real,
                                Am3AdvantageConfig(tau=0.6, temperature=0.5), records)
+    # the rollout-vs-actor log-prob gap (weight-sync health): zero here, old_log_probs are the rollout's
+    want.update({"am3/sync/logprob_abs_diff/max": 0.0, "am3/sync/logprob_abs_diff/mean": 0.0})
     got = {k: v for k, v in metrics.items() if k.startswith("am3/")}
-    assert set(got) == set(want) and len(got) >= 15
+    assert set(got) == set(want) and len(got) >= 17
     for key, value in want.items():
         assert got[key] == pytest.approx(value, nan_ok=True), key
     assert got["am3/rollouts_without_turns"] == 0  # padding rows are not counted
