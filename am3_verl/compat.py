@@ -1,23 +1,22 @@
 """The places where am3-verl reaches into verl internals that have no public hook, in one module.
 
-Each function below changes one verl 0.9.1 internal, says where it is and which upstream hook would
-make it unnecessary, and is applied only through :func:`apply` (called by the plugin). Every one checks
-the installed verl version first: on a verl other than :data:`VERL_VERSION` it raises
-:class:`UnsupportedVerlVersion` naming every reach, instead of silently patching code it was not
-written for.
+Each function below changes one verl 0.9.1 internal, says where it is and which upstream hook would make
+it unnecessary. :func:`apply` (called by the plugin) first checks the installed verl: on a release other
+than :data:`VERL_VERSION` it raises :class:`UnsupportedVerlVersion` naming every reach, instead of
+patching code it was not written for. The reaches (verl 0.9.1 location -> the hook that would remove it):
 
-=======================================  ==========================================  ==========================
-reach                                    verl 0.9.1 location                         upstream hook that removes it
-=======================================  ==========================================  ==========================
-process-group backend (CPU only)         utils/distributed.py:62-99, bound by name    a backend option in
-                                         in workers/engine_workers.py and             ``initialize_global_process_group*``
-                                         checkpoint_engine/base.py
-rollout adapter ``("hf", "async")``      workers/rollout/base.py:89 ``_ROLLOUT_REGISTRY``  a ``register_rollout_class``
-Qwen2-VL image-less micro-batch          models/transformers/qwen2_vl.py:388-393      verl unpacking the vision output
-                                                                                     in its text-only branch
-unpinned FSDP2 CPU offload (CPU only)    workers/engine/fsdp/transformer_impl.py:462   ``pin_memory`` following the
-                                         (forward-only engines, e.g. the reference)  device (pinning needs CUDA)
-=======================================  ==========================================  ==========================
+* process-group backend, CPU only (``utils/distributed.py:62-99``, also bound by name in
+  ``workers/engine_workers.py`` and ``checkpoint_engine/base.py``) -> a backend option in
+  ``initialize_global_process_group*``;
+* rollout adapter registry (``workers/rollout/base.py:89`` ``_ROLLOUT_REGISTRY``) -> a public
+  ``register_rollout_class``;
+* Qwen2-VL micro-batches without images (``models/transformers/qwen2_vl.py:388-393``) -> verl unpacking
+  the vision output in its text-only branch (a verl bug with transformers 5, GPUs included);
+* unpinned FSDP2 CPU offload, CPU only (``workers/engine/fsdp/transformer_impl.py:462``, forward-only
+  engines such as the reference model) -> ``pin_memory`` following the device.
+
+The other reach, the LLaVA-NeXT ``hf_processor`` binding, lives with the LLaVA-NeXT support
+(:mod:`am3_verl.models.llava_next`).
 """
 
 from __future__ import annotations
