@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from am3_verl.demo_report import read_step_metrics
 from am3_verl.local.rollout import REPO_ROOT, default_model_dir
 
 SFT_RECIPE = REPO_ROOT / "recipes" / "sft" / "cold_start_qwen2_5_vl_7b_8gpu.sh"
@@ -168,11 +169,11 @@ def grpo(cfg: DemoConfig, data_dir: Path, sft_model: Path) -> Path:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
         while process.poll() is None:
             time.sleep(1.0)
-            bar.update(len(read_training_metrics(metrics_file)) - bar.n)
-        bar.update(len(read_training_metrics(metrics_file)) - bar.n)
+            bar.update(len(read_step_metrics(metrics_file)) - bar.n)
+        bar.update(len(read_step_metrics(metrics_file)) - bar.n)
     if process.returncode != 0:
         raise RuntimeError(f"AM3 GRPO (main_ppo) failed (exit {process.returncode}); see {log_path}")
-    for step, metrics in read_training_metrics(metrics_file).items():
+    for step, metrics in read_step_metrics(metrics_file).items():
         print(f"   GRPO step {step}: reward {metrics['am3/reward/mean']:.3f}, harmless {metrics['am3/harmless/mean']:.3f}, "
               f"helpful {metrics['am3/helpful/mean']:.3f}, ASR {metrics['am3/asr']:.3f}, "
               f"rollout/actor log-prob gap {metrics.get('am3/sync/logprob_abs_diff/max', float('nan')):.1e}")  # fmt: skip
@@ -180,19 +181,6 @@ def grpo(cfg: DemoConfig, data_dir: Path, sft_model: Path) -> Path:
     if not any(hf_dir.glob("*.safetensors")):
         raise RuntimeError(f"AM3 GRPO wrote no Hugging Face weights at {hf_dir}; see {log_path}")
     return hf_dir
-
-
-def read_training_metrics(metrics_file: Path) -> dict[int, dict[str, Any]]:
-    """Step -> metrics from verl's file logger (complete lines only, so it can be read while training runs)."""
-    import json
-
-    steps: dict[int, dict[str, Any]] = {}
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                steps.setdefault(int(record["step"]), {}).update(record["data"])
-    return steps
 
 
 def evaluate(cfg: DemoConfig, data_dir: Path, model_dir: Path, name: str, baseline: Path | None = None) -> Path:
@@ -253,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "5/5 report", write_demo_report, cfg.output_dir / "report.html", cfg.output_dir / "grpo" / "metrics.jsonl", before, after, cfg.judge
     )  # fmt: skip
 
-    training = read_training_metrics(cfg.output_dir / "grpo" / "metrics.jsonl")
+    training = read_step_metrics(cfg.output_dir / "grpo" / "metrics.jsonl")
     first, last = training[min(training)], training[max(training)]
     stages = ", ".join(f"{name.split(' ', 1)[1].split(' (')[0]} {sec:.0f}s" for name, sec in log.seconds.items())
     print(

@@ -53,9 +53,15 @@ class DemoReport:
 
 
 def read_step_metrics(path: Path) -> dict[int, dict[str, Any]]:
-    """Step -> metrics from verl's file logger (``{"step": N, "data": {...}}`` per line)."""
+    """Step -> metrics from verl's file logger (``{"step": N, "data": {...}}`` per line); {} before the file exists.
+
+    Only complete lines are read, so the file can be read while training is still writing it.
+    """
     steps: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    if not path.is_file():
+        return steps
+    text = path.read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():
         if line.strip():
             record = json.loads(line)
             steps.setdefault(int(record["step"]), {}).update(record["data"])

@@ -7,9 +7,11 @@ averaged over the steps after the first (warm-up).
 
 Baseline, same run, same machine, one process, no Ray: the same dialogues played by the same agent loop
 in verl's ``AgentLoopWorker`` with the local generation backend (HF ``generate``), the reward function
-called directly, then the model's own forward passes on the resulting batch: old log-probs and reference
-log-probs (no grad, one batch of 8 like the recipe's log-prob micro-batch), and the update (forward +
-backward over micro-batches of 4, one AdamW step). Weight sync costs nothing there (one model).
+called directly, then the model's own forward passes on the resulting batch with its all-padding columns
+dropped: old log-probs and reference log-probs (no grad, one batch of 8 like the recipe's log-prob
+micro-batch), and the update (forward + backward over micro-batches of 4, one AdamW step). Weight sync
+costs nothing there (one model). The two sides sample their own dialogues, so their turn counts differ a
+little from step to step (both are printed).
 
 Targets: ours / baseline per step <= 1.5; weight sync < 10% of our step.
 Run: ``.venv/bin/python tests/benchmarks/bench_ppo_step.py [--steps N]``; the last line is one JSON object.
@@ -54,8 +56,9 @@ def ours(data_dir: Path, model_dir: Path, workdir: Path, steps: int) -> dict[str
                "trainer.logger=[console,file]"]  # fmt: skip
     with open(workdir / "main_ppo.log", "w") as log:
         subprocess.run(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1800)
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    timed = [r["data"] for r in records if r["step"] >= 2]
+    from am3_verl.demo_report import read_step_metrics
+
+    timed = [metrics for step, metrics in read_step_metrics(metrics_file).items() if step >= 2]
     out = {key: statistics.mean(r[f"timing_s/{key}"] for r in timed) for key in (*SPLIT, "step")}
     out["turns_per_dialogue"] = statistics.mean(r["am3/assistant_turns/mean"] for r in timed)
     return out
@@ -80,12 +83,16 @@ def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def log_probs(net, batch, rows):
-        ids = batch.batch["input_ids"][rows]
+        # Like verl's engine, drop the padding columns no row uses (prompts are left-, responses right-padded).
+        attention = batch.batch["attention_mask"][rows]
+        keep_prompt = int(attention[:, :PROMPT_LENGTH].sum(1).max())
+        keep_response = int(attention[:, PROMPT_LENGTH:].sum(1).max())
+        cols = slice(PROMPT_LENGTH - keep_prompt, PROMPT_LENGTH + keep_response)
         mm = extract_multi_modal_inputs([batch.non_tensor_batch["multi_modal_inputs"][i] for i in rows])
-        logits = net(input_ids=ids, attention_mask=batch.batch["attention_mask"][rows],
-                     position_ids=batch.batch["position_ids"][rows].transpose(0, 1), **mm).logits  # fmt: skip
-        length = batch.batch["responses"].shape[1]
-        return torch.log_softmax(logits[:, -length - 1 : -1].float(), -1).gather(-1, batch.batch["responses"][rows][..., None]).squeeze(-1)
+        logits = net(input_ids=batch.batch["input_ids"][rows][:, cols], attention_mask=attention[:, cols],
+                     position_ids=batch.batch["position_ids"][rows][..., cols].transpose(0, 1), **mm).logits  # fmt: skip
+        responses = batch.batch["responses"][rows][:, :keep_response]
+        return torch.log_softmax(logits[:, -keep_response - 1 : -1].float(), -1).gather(-1, responses[..., None]).squeeze(-1)
 
     async def judge(batch):
         return await asyncio.gather(*[
@@ -120,7 +127,8 @@ def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
         optimizer.zero_grad()
         mask = batch.batch["response_mask"].float()
         for micro in (rows[:4], rows[4:]):
-            loss = -(log_probs(model, batch, micro) * mask[micro]).sum() / mask.sum()
+            lp = log_probs(model, batch, micro)
+            loss = -(lp * mask[micro][:, : lp.shape[1]]).sum() / mask.sum()
             loss.backward()
         optimizer.step()
         model.eval()

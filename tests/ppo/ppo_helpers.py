@@ -8,12 +8,12 @@ loop. Step metrics come from verl's own ``file`` logger (one JSON object per log
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from am3_verl.demo_report import read_step_metrics
 from am3_verl.local.openai_server import RuleJudgeResponder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,12 +58,7 @@ def run_tiny_recipe(workdir: Path, data_dir: Path, model_dir: Path, *overrides: 
             ["bash", str(TINY_CPU_RECIPE), "trainer.logger=[console,file]", *overrides],
             cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S,
         )  # fmt: skip
-    metrics: dict[int, dict] = {}
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            record = json.loads(line)
-            metrics.setdefault(int(record["step"]), {}).update(record["data"])
-    return PPORun(process.returncode, log_path.read_text(), metrics, checkpoints)
+    return PPORun(process.returncode, log_path.read_text(), read_step_metrics(metrics_file), checkpoints)
 
 
 class SpreadJudgeResponder(RuleJudgeResponder):
