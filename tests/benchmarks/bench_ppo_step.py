@@ -8,8 +8,8 @@ averaged over the steps after the first (warm-up).
 Baseline, same run, same machine, one process, no Ray: the same dialogues played by the same agent loop
 in verl's ``AgentLoopWorker`` with the local generation backend (HF ``generate``), the reward function
 called directly, then the model's own forward passes on the resulting batch with its all-padding columns
-dropped: old log-probs and reference log-probs (no grad, one batch of 8 like the recipe's log-prob
-micro-batch), and the update (forward + backward over micro-batches of 4, one AdamW step). Weight sync
+dropped: old log-probs with the token entropy (verl always computes it there) and reference log-probs (no
+grad, one batch of 8 like the recipe's log-prob micro-batch), and the update (forward + backward over micro-batches of 4, one AdamW step). Weight sync
 costs nothing there (one model). The two sides sample their own dialogues, so their turn counts differ a
 little from step to step (both are printed).
 
@@ -82,7 +82,7 @@ def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
     reference = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def log_probs(net, batch, rows):
+    def log_probs(net, batch, rows, entropy: bool = False):
         # Like verl's engine, drop the padding columns no row uses (prompts are left-, responses right-padded).
         attention = batch.batch["attention_mask"][rows]
         keep_prompt = int(attention[:, :PROMPT_LENGTH].sum(1).max())
@@ -92,7 +92,10 @@ def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
         logits = net(input_ids=batch.batch["input_ids"][rows][:, cols], attention_mask=attention[:, cols],
                      position_ids=batch.batch["position_ids"][rows][..., cols].transpose(0, 1), **mm).logits  # fmt: skip
         responses = batch.batch["responses"][rows][:, :keep_response]
-        return torch.log_softmax(logits[:, -keep_response - 1 : -1].float(), -1).gather(-1, responses[..., None]).squeeze(-1)
+        logits = logits[:, -keep_response - 1 : -1].float()
+        if entropy:  # verl's old-log-prob pass always computes the token entropy too (trainer_base.py:1653)
+            (torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)).mean().item()
+        return torch.log_softmax(logits, -1).gather(-1, responses[..., None]).squeeze(-1)
 
     async def judge(batch):
         return await asyncio.gather(*[
@@ -116,7 +119,7 @@ def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
         mark = time.perf_counter()
         with torch.no_grad():
             model.eval()
-            log_probs(model, batch, rows)
+            log_probs(model, batch, rows, entropy=True)
         times["old_log_prob"] = time.perf_counter() - mark
         mark = time.perf_counter()
         with torch.no_grad():
