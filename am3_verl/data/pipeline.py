@@ -18,6 +18,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -101,7 +103,8 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], workers: int, max_in_
         yield from map(fn, chunks)
         return
     limit = max_in_flight or 3 * workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending: deque[Future[R]] = deque()
         try:
             for chunk in chunks:
@@ -114,6 +117,21 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], workers: int, max_in_
             for future in pending:
                 future.cancel()
             raise
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Worker initializer: end this worker soon after the converting process ``parent_pid`` is gone.
+
+    A killed converter (SIGKILL runs no cleanup) would otherwise leave its workers waiting on their task
+    queue forever, and with them the forkserver, which stays up while any worker holds its pipe.
+    """
+
+    def watch() -> None:
+        while _process_exists(parent_pid):
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="am3-exit-with-parent", daemon=True).start()
 
 
 _PRELOAD = ["am3_verl.data.intersafe_v", "am3_verl.data.cold_start", "am3_verl.data.safemt"]
@@ -215,13 +233,38 @@ class RowBuilder:
         return ChunkResult(batches, self.rejects, self.outcomes, self.images, self.resized, spooled)
 
 
+SPOOL_PREFIX = ".am3-spool-"
+
+
+def remove_stale_spools(output_dir: Path) -> list[Path]:
+    """Delete spool folders left in ``output_dir`` by runs whose process no longer exists (killed ones)."""
+    removed = []
+    for path in Path(output_dir).glob(f"{SPOOL_PREFIX}*"):
+        pid = path.name.removeprefix(SPOOL_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def spool_dir(output_dir: Path, workers: int) -> Iterator[str | None]:
     """A private folder in ``output_dir`` for worker results (None when running in-process); removed after."""
     if workers <= 1:
         yield None
         return
-    path = tempfile.mkdtemp(prefix=".am3-spool-", dir=output_dir)
+    remove_stale_spools(output_dir)
+    path = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=output_dir)
     try:
         yield path
     finally:

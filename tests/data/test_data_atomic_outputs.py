@@ -38,3 +38,42 @@ def test_a_cold_start_run_removes_evaluation_files_of_an_earlier_run(tmp_path):
     assert (tmp_path / "refusal_eval.parquet").is_file() and (tmp_path / "cold_start_val.parquet").is_file()
     cold_start.main(common)  # no validation split this time: the old one would leak training rows into evaluation
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cold_start.parquet", "rejects.jsonl"]
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_workers_no_outputs_and_its_spool_is_removed_by_the_next_run(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    lines = [json.loads(line) for line in (SAMPLE_DIR / "intersafe_v.jsonl").read_text().splitlines() if line.strip()]
+    source = tmp_path / "many.jsonl"
+    with source.open("w") as out:
+        for k in range(150):  # enough dialogues to be killed mid-run
+            for record in lines:
+                out.write(json.dumps({**record, "id": f"{record['id']}-{k}"}) + "\n")
+    out_dir = tmp_path / "out"
+    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "data_prep/intersafe_v.py"), "--input", str(source),
+               "--output_dir", str(out_dir), "--image_root", str(SAMPLE_DIR), "--no_progress", "--workers", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out_dir.glob(".am3-spool-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    family = psutil.Process(process.pid).children(recursive=True)
+    assert family, "the converter started no worker processes"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]  # workers and forkserver end with their parent
+    assert not (out_dir / "rl_train.parquet").exists()  # nothing complete-looking
+    assert list(out_dir.glob(".am3-spool-*"))  # what SIGKILL leaves behind...
+    intersafe_v.main(["--input", str(SAMPLE_DIR / "intersafe_v.jsonl"), "--output_dir", str(out_dir), "--no_progress",
+                      "--workers", "2"])  # fmt: skip
+    assert not list(out_dir.glob(".am3-spool-*"))  # ...the next run removes
+    assert (out_dir / "rl_train.parquet").is_file()
