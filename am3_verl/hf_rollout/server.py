@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from am3_verl.local.generation import LocalGenerationClient, load_local_client
+from am3_verl.local.generation import LocalGenerationClient
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,15 @@ class HFRolloutServer:
     """
 
     def __init__(self, model_path: str, response_length: int, seed: Optional[int] = None, device: Optional[str] = None):
+        from transformers import AutoModelForImageTextToText
+        from verl.utils import hf_processor
         from verl.utils.device import get_device_name
 
         self.device = device or get_device_name()
-        self.client: LocalGenerationClient = load_local_client(model_path, default_max_tokens=response_length, seed=seed)
-        self.client.model.to(self.device)
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval().to(self.device)
+        # The processor verl's agent loops use (am3-verl's LLaVA-NeXT binding included), so the server
+        # counts image features exactly as the token builder expanded them.
+        self.client = LocalGenerationClient(model, hf_processor(model_path), default_max_tokens=response_length, seed=seed)
         self.weight_version = 0
         self.stats: dict[str, float] = {"weight_updates": 0, "weight_update_s": 0.0, "generate_calls": 0, "generate_s": 0.0}
 

@@ -52,3 +52,11 @@ def test_a_partial_or_misnamed_or_misshapen_update_is_refused(server):
         load_full_weights(server.client.model, {**{k: v + 1 for k, v in params.items()}, last: torch.zeros(3)})
     for name, p in server.client.model.named_parameters():  # nothing was copied
         assert torch.equal(p, params[name])
+
+
+def test_the_server_uses_the_processor_verl_gives_its_agent_loops(tiny_llava_dir):
+    """LLaVA-NeXT: am3-verl's fixed-crop processor, as verl's hf_processor returns it, not the stock one."""
+    from verl.utils import hf_processor
+
+    server = HFRolloutServer(str(tiny_llava_dir), response_length=8, seed=0, device="cpu")
+    assert type(server.client.processor.image_processor) is type(hf_processor(str(tiny_llava_dir)).image_processor)
