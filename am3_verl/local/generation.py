@@ -11,7 +11,9 @@ What it promises, like verl's vLLM server with ``logprobs_mode="processed_logpro
 * ``log_probs[i]`` is ``log_softmax(logits / temperature)`` of ``token_ids[i]`` under the model given the
   prompt and the earlier sampled tokens (temperature 0 = greedy, scored at temperature 1). This is the
   quantity verl's actor recomputes for the PPO ratio, so the two agree up to numerics;
-* ``extra_fields`` carries ``global_steps``/``min_global_steps``/``max_global_steps`` like verl's client.
+* ``extra_fields`` carries ``global_steps``/``min_global_steps``/``max_global_steps`` like verl's client;
+* the image/video placeholder tokens are never sampled (a policy-written placeholder would claim an image
+  that does not exist and break every later turn's image features).
 
 Image inputs: ``image_data`` is every image of the conversation so far (PIL images, in placeholder
 order), as verl's agent loops pass them; the prompt's image tokens must already be expanded for them
@@ -68,6 +70,12 @@ class LocalGenerationClient:
             self.image_token_id = getattr(model.config, "image_token_index", None)
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        # Placeholder tokens that only the processor may write: a sampled one would add an image token
+        # without an image and desync the features of every later turn. Never sampled (their tiny
+        # probability mass aside, the returned log-probs are those of the unmodified model).
+        self.suppressed_token_ids = sorted(
+            {t for t in (self.image_token_id, getattr(model.config, "video_token_id", None)) if isinstance(t, int)}
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -148,6 +156,7 @@ class LocalGenerationClient:
                 temperature=None if greedy else temperature,
                 top_p=None if greedy else top_p,
                 top_k=None if greedy or top_k <= 0 else top_k,
+                suppress_tokens=self.suppressed_token_ids or None,
                 output_logits=True,
                 return_dict_in_generate=True,
             )

@@ -90,3 +90,23 @@ def test_image_token_mismatch_is_a_clear_error(tiny_qwen_dir):
         )
     with pytest.raises(ValueError, match="no image_data"):
         asyncio.run(client.generate("e", prompt_ids=inputs["input_ids"][0].tolist(), sampling_params={"max_tokens": 2}))
+
+
+def test_image_placeholder_tokens_are_never_sampled(tiny_qwen_dir):
+    """A placeholder the policy wrote would claim an image that does not exist: the backend never samples one."""
+    import asyncio
+
+    import torch
+
+    from am3_verl.local.generation import load_local_client
+
+    client = load_local_client(str(tiny_qwen_dir), seed=0)
+    image_pad, video_pad = 151655, 151656
+    assert client.suppressed_token_ids == [image_pad, video_pad]
+    with torch.no_grad():  # make <|image_pad|> the model's favourite next token everywhere
+        client.model.lm_head.weight[image_pad] = client.model.lm_head.weight[image_pad] * 0 + 5.0
+        client.model.lm_head.weight[image_pad] *= torch.sign(client.model.lm_head.weight.sum(0) + 1e-9)
+    prompt = [151644, 872, 198, 9707, 1879, 151645, 198, 151644, 77091, 198]
+    params = {"temperature": 0.0, "max_tokens": 8}
+    out = asyncio.run(client.generate("r", prompt_ids=prompt, sampling_params=params))
+    assert image_pad not in out.token_ids and len(out.token_ids) > 0
