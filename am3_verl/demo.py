@@ -21,7 +21,6 @@ shows the training loop working end to end, not a safe model.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import subprocess
@@ -29,7 +28,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
