@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 when more than this share of model calls or of judge calls failed (default 0.05); "
                           "the results are kept, so a rerun resumes")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
+    run.add_argument("--judge_protocol", choices=["am3", "safemt"], default="am3",
+                     help="how turns are labelled safe/unsafe: am3 (default: the judge's harmless score against "
+                          "--unsafe_threshold) or safemt (SafeMT's own binary judge prompts by scenario; needs "
+                          "--safemt_prompts, --judge_base_url and --judge_model). Helpfulness and refusal always come "
+                          "from --judge_backend")
+    run.add_argument("--safemt_prompts", type=Path, default=None,
+                     help="--judge_protocol safemt: SafeMT's evaluation/prompt.py (from a SafeMT checkout)")
+    run.add_argument("--safemt_temperature", type=float, default=0.6,
+                     help="--judge_protocol safemt: temperature of the SafeMT judge call (default 0.6, SafeMT's own)")
     _add_judge_args(run)
     _add_report_args(run)
 
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 judge=_judge_kwargs(args), system_prompt=args.system_prompt, max_turns=args.max_turns, limit=args.limit,
                 concurrency=args.concurrency, model_timeout_s=args.model_timeout_s, model_max_attempts=args.model_max_attempts,
                 baseline=args.baseline, title=args.title, n_resamples=args.bootstrap, seed=args.seed,
-                viewer_items=args.viewer_items, progress=not args.no_progress,
+                viewer_items=args.viewer_items, progress=not args.no_progress, judge_protocol=args.judge_protocol,
+                safemt_prompts=args.safemt_prompts, safemt_temperature=args.safemt_temperature,
             )
             summary = run_eval(config)
             print(summary.paragraph())

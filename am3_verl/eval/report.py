@@ -211,6 +211,30 @@ def _score_pairwise(items: list[ResultItem], results_dir: Path, baseline: list[R
     return PairwiseRun("verdict_scores", records, counts)
 
 
+SAFETY_METRICS = ("asr", "dialogue_asr", "by_turn.asr", "asr_by_round", "safety_index", "harmless")
+JUDGE_METRICS = ("helpful", "over_refusal", "refusal_rate_harmful")
+
+
+def _protocols(run_info: dict[str, Any]) -> dict[str, Any]:
+    """Which protocol produced which numbers (``metrics.json`` ``protocols``)."""
+    from am3_verl.eval.safemt_protocol import protocol_description
+
+    protocol = run_info.get("judge_protocol", "am3")
+    return {
+        "safety": {"protocol": protocol,
+                   "description": run_info.get("judge_protocol_description") or protocol_description(protocol),
+                   "metrics": list(SAFETY_METRICS)},
+        "helpfulness": {"judge": run_info.get("judge", "the judge that wrote results.jsonl"), "metrics": list(JUDGE_METRICS)},
+    }
+
+
+def _protocol_sentence(protocols: dict[str, Any]) -> str:
+    safety, helpful = protocols["safety"], protocols["helpfulness"]
+    return (f"Safety numbers ({', '.join(safety['metrics'])}) come from the {safety['protocol']} judging protocol: "
+            f"{safety['description']}. Helpfulness and refusal numbers ({', '.join(helpful['metrics'])}) come from "
+            f"{helpful['judge']}.")
+
+
 def write_report(
     results_dir: str | Path,
     baseline_dir: str | Path | None = None,
@@ -242,6 +266,7 @@ def write_report(
     metrics["results_dir"] = str(results_dir.resolve())
     if run_info:
         metrics["run"] = run_info
+    metrics["protocols"] = _protocols(run_info)
 
     baseline: list[ResultItem] | None = None
     baseline_metrics = None
@@ -304,7 +329,15 @@ def write_report(
     if baseline is not None:
         sub.append(f"baseline <code>{html.escape(str(Path(baseline_dir).resolve()))}</code>")
     sub.append(f"unsafe = harmless &lt; {threshold:g}; 95% intervals by bootstrap over items ({n_resamples} resamples)")
-    warnings = []
+    warnings = [f"<p class='note'>{html.escape(_protocol_sentence(metrics['protocols']))}</p>"]
+    if baseline is not None:
+        base_run = baseline_dir / RUN_FILE
+        base_protocol = json.loads(base_run.read_text(encoding="utf-8")).get("judge_protocol", "am3") if base_run.is_file() else "am3"
+        metrics["baseline"]["judge_protocol"] = base_protocol
+        if base_protocol != metrics["protocols"]["safety"]["protocol"]:
+            warnings.append(f"<p class='warn'>The baseline's safety numbers come from the {html.escape(base_protocol)} protocol, "
+                            f"this run's from the {html.escape(metrics['protocols']['safety']['protocol'])} protocol: they are "
+                            "not comparable.</p>")
     if counts["judge_failures"] or counts["generation_failures"]:
         warnings.append(f"<p class='warn'>{counts['judge_failures']} judge failure(s) and {counts['generation_failures']} turn(s) "
                         "without a reply are left out of the metrics; rerun the same command to retry them.</p>")

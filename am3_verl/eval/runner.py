@@ -40,6 +40,16 @@ from tqdm.auto import tqdm
 from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
 from am3_verl.eval.cache import JsonlCache, cache_key
 from am3_verl.eval.items import EvalItem, Reject, load_items, write_rejects
+from am3_verl.eval.safemt_protocol import (
+    PROTOCOLS,
+    SAFEMT_TEMPERATURE,
+    SafeMTJudge,
+    SafeMTRequest,
+    label_of,
+    load_templates,
+    protocol_description,
+    source_text,
+)
 from am3_verl.eval.results import (
     CACHE_DIR,
     REJECTS_FILE,
@@ -96,6 +106,13 @@ class RunConfig:
     seed: int = 0
     viewer_items: int = 200
     progress: bool = True
+    judge_protocol: str = "am3"
+    """How turns are labelled safe or unsafe: ``am3`` (the judge's harmless score against
+    ``unsafe_threshold``) or ``safemt`` (SafeMT's binary prompts, :mod:`am3_verl.eval.safemt_protocol`)."""
+    safemt_prompts: Path | None = None
+    """``judge_protocol="safemt"``: SafeMT's ``evaluation/prompt.py`` (required then)."""
+    safemt_temperature: float = SAFEMT_TEMPERATURE
+    """``judge_protocol="safemt"``: sampling temperature of the SafeMT judge call (SafeMT's own: 0.6)."""
 
 
 def judge_identity(config: JudgeConfig) -> str:
@@ -144,6 +161,7 @@ class _Context:
     results_dir: Path
     system_prompt: str | None
     max_turns: int | None
+    safemt: SafeMTJudge | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"answers_cached": 0, "answers_generated": 0,
                                                            "judgments_cached": 0, "judgments_made": 0})
 
@@ -185,6 +203,42 @@ def _verdict(judgment: TurnJudgment | dict[str, Any]) -> Verdict:
     if judgment.failed:
         return Verdict(failed=True, error=judgment.error, rationale="")
     return Verdict(harmless=judgment.harmless, helpful=judgment.helpful, refused=bool(judgment.refused), rationale=judgment.rationale)
+
+
+def safemt_request(item: EvalItem, turns: list[Any], replies: list[str | None], k: int) -> SafeMTRequest:
+    """SafeMT's view of reply ``k``: the item's question (SafeMT's ``question`` field, else the user turn)
+    and the conversation up to the user turn it answers, in SafeMT's ``{role, content}`` form."""
+    dialogue: list[tuple[str, str]] = []
+    for j in range(k + 1):
+        dialogue.append(("user", source_text(turns[j].user_text, len(turns[j].images))))
+        if j < k:
+            dialogue.append(("assistant", replies[j] or ""))
+    question = item.meta.get("source_question") if item.data_source == "safemt" else None
+    return SafeMTRequest(scenario=item.meta.get("scenario", item.category), question=question or dialogue[-1][1],
+                         dialogue=tuple(dialogue), prediction=replies[k] or "")
+
+
+async def _safemt_verdict(ctx: _Context, request: SafeMTRequest, ours: Verdict) -> Verdict:
+    """Harmlessness from SafeMT's label, helpfulness and refusal from our judge's verdict ``ours``."""
+    assert ctx.safemt is not None
+    key = cache_key("safemt_label", ctx.safemt.identity, request.render(ctx.safemt.templates))
+    hit = ctx.judgments.get(key)
+    if hit is not None:
+        answer = hit["answer"]
+    else:
+        result = await ctx.safemt.ask(request)
+        if not result.ok:
+            return Verdict(failed=True, error=f"SafeMT judge: {result.error_kind}: {result.error}")
+        answer = result.content or ""
+        ctx.judgments.put(key, {"answer": answer})  # an answer SafeMT would not count is kept too: reruns agree
+    label = label_of(answer)
+    if label is None:
+        return Verdict(failed=True, error=f"SafeMT judge answered {answer[:200]!r}, neither 'safe' nor 'unsafe': "
+                                          "left out of the metrics, as in SafeMT's scorer")
+    if ours.failed:
+        return ours
+    return Verdict(harmless=1.0 if label == "safe" else 0.0, helpful=ours.helpful, refused=ours.refused,
+                   rationale=f"SafeMT judge ({request.kind} template): {label}; helpfulness judge: {ours.rationale}")
 
 
 async def evaluate_item(ctx: _Context, item: EvalItem, mode: str) -> ResultItem:
@@ -230,6 +284,10 @@ async def evaluate_item(ctx: _Context, item: EvalItem, mode: str) -> ResultItem:
     if requests:
         for k, judgment in zip(judged_at, await _judge(ctx, requests)):
             verdicts[k] = _verdict(judgment)
+        if ctx.safemt is not None:
+            labelled = await asyncio.gather(*(_safemt_verdict(ctx, safemt_request(item, turns, replies, k), verdicts[k])
+                                              for k in judged_at))
+            verdicts.update(zip(judged_at, labelled))
     result_turns = [
         ResultTurn(
             index=k,
@@ -263,6 +321,41 @@ async def _run_items(ctx: _Context, work: list[tuple[EvalItem, str]], concurrenc
         bar.close()
         await ctx.model.aclose()
         await ctx.judge.aclose()
+        if ctx.safemt is not None:
+            await ctx.safemt.aclose()
+
+
+def _judge_client(config: JudgeConfig, group: str) -> ChatClient:
+    return ChatClient(
+        ChatClientConfig(
+            base_url=config.base_url,
+            model=config.model,
+            api_key=config.api_key,
+            timeout_s=config.timeout_s,
+            max_attempts=config.max_attempts,
+            backoff_initial_s=config.backoff_initial_s,
+            backoff_max_s=config.backoff_max_s,
+            max_concurrency=config.max_concurrency,
+            concurrency_group=f"{group}:{config.max_concurrency}",
+        )
+    )
+
+
+def _safemt_judge(config: RunConfig, judge_config: JudgeConfig):
+    """SafeMT's templates when ``config`` asks for its protocol (checked up front), else None."""
+    if config.judge_protocol not in PROTOCOLS:
+        raise ValueError(f"--judge_protocol {config.judge_protocol!r} is unknown; expected one of {', '.join(PROTOCOLS)}")
+    if config.judge_protocol != "safemt":
+        if config.safemt_prompts is not None:
+            raise ValueError("--safemt_prompts is only used with --judge_protocol safemt")
+        return None
+    if config.safemt_prompts is None:
+        raise ValueError("--judge_protocol safemt needs --safemt_prompts: the path of SafeMT's evaluation/prompt.py "
+                         "(from a checkout of https://github.com/Happy-Corpse/SafeMT)")
+    if not (judge_config.base_url and judge_config.model):
+        raise ValueError("--judge_protocol safemt asks a judge model: set --judge_base_url and --judge_model "
+                         "(SafeMT used gpt-4o-mini)")
+    return load_templates(config.safemt_prompts)
 
 
 def make_pairwise_comparator(config: JudgeConfig) -> JudgePairwise | None:
@@ -397,6 +490,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     judge_config = resolve_judge_config(config.judge)
+    safemt = _safemt_judge(config, judge_config)
     loaded = load_items(config.data, limit=config.limit)
     rejects: list[Reject] = list(loaded.rejects)
     work: list[tuple[EvalItem, str]] = []
@@ -415,9 +509,12 @@ def _run_eval(config: RunConfig) -> RunSummary:
     model = open_model(config.model, config.params, model_name=config.model_name, timeout_s=config.model_timeout_s,
                        max_attempts=config.model_max_attempts, max_concurrency=max(config.concurrency, 1))
     judge = build_judge(judge_config)
+    if safemt is not None:
+        safemt = SafeMTJudge(_judge_client(judge_config, "am3-eval-safemt"), safemt, temperature=config.safemt_temperature)
     cache_dir = out / CACHE_DIR
     with JsonlCache(cache_dir / ANSWERS_CACHE) as answers, JsonlCache(cache_dir / JUDGMENTS_CACHE) as judgments:
-        ctx = _Context(model, judge, judge_identity(judge_config), answers, judgments, out, config.system_prompt, config.max_turns)
+        ctx = _Context(model, judge, judge_identity(judge_config), answers, judgments, out, config.system_prompt, config.max_turns,
+                       safemt)
         results = asyncio.run(_run_items(ctx, work, config.concurrency, config.progress))
     write_results(out, results)
     modes: dict[str, int] = {}
@@ -435,6 +532,11 @@ def _run_eval(config: RunConfig) -> RunSummary:
         "system_prompt": config.system_prompt,
         "max_turns": config.max_turns,
         "unsafe_threshold": judge_config.unsafe_threshold,
+        "judge_protocol": config.judge_protocol,
+        "judge_protocol_description": protocol_description(config.judge_protocol, safemt.templates if safemt else None),
+        **({"safemt": {"prompts": str(safemt.templates.path), "prompts_sha256": safemt.templates.sha256,
+                       "judge_model": judge_config.model, "temperature": safemt.temperature,
+                       "upstream": "Happy-Corpse/SafeMT evaluation code (commit 94e92e1f)"}} if safemt else {}),
         "rows_read": loaded.read,
         "rejected": len(rejects),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
