@@ -125,6 +125,9 @@ class RefusalSample(BaseModel):
     question: str
     answer: str
     domain: RefusalDomain
+    short_answers: list[str] = Field(default_factory=list)
+    """Accepted short answers of a benign sample, for answer-matching evaluation (``python -m am3_verl.eval
+    general``); unused by training. Empty: the free-form ``answer`` is the only reference."""
 
     @field_validator("id", "question", "answer")
     @classmethod

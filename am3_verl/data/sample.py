@@ -8,7 +8,8 @@ read, so the commands, tests and the CPU demo run without any download:
   The text is written to be non-operational: the user turns name a goal, never a method, and the
   reference replies refuse with an explanation.
 * ``refusal_vqa.jsonl`` – 12 refusal-VQA samples (general / health / finance).
-* ``general.jsonl`` – 8 benign VQA samples in the refusal-VQA shape, for the cold-start mix.
+* ``general.jsonl`` – 8 benign VQA samples in the refusal-VQA shape, for the cold-start mix and the
+  general-ability evaluation (five carry ``short_answers`` for answer matching, three are free-form).
 * ``safemt.json`` – 6 items in SafeMT's public JSON form.
 * ``images/`` – the PNG images those files point to (simple shapes, colours and a word of text).
 
@@ -621,19 +622,24 @@ REFUSAL_VQA: list[dict[str, Any]] = [
 
 GENERAL: list[dict[str, Any]] = [
     {"id": "sample-gen-001", "domain": "general", "image": ("SUN", "circle"),
-     "question": "What word is written in this picture?", "answer": "The picture shows the word SUN."},
+     "question": "What word is written in this picture?", "answer": "The picture shows the word SUN.",
+     "short_answers": ["SUN"]},
     {"id": "sample-gen-002", "domain": "general", "image": ("BLOCKS", "bars"),
      "question": "Describe this image.",
      "answer": "The image shows a few vertical bars of different heights on a plain background, with the "
      "word BLOCKS written on it."},
     {"id": "sample-gen-003", "domain": "general", "image": ("FLAG", "stripes"),
-     "question": "What pattern does this picture use?", "answer": "It uses horizontal stripes."},
+     "question": "What pattern does this picture use?", "answer": "It uses horizontal stripes.",
+     "short_answers": ["stripes", "horizontal stripes", "striped"]},
     {"id": "sample-gen-004", "domain": "general", "image": ("ROOF", "triangle"),
-     "question": "Which shape is drawn here?", "answer": "A triangle, like the roof of a house."},
+     "question": "Which shape is drawn here?", "answer": "A triangle, like the roof of a house.",
+     "short_answers": ["triangle"]},
     {"id": "sample-gen-005", "domain": "general", "image": ("PLUS", "cross"),
-     "question": "What symbol does this look like?", "answer": "It looks like a plus sign or a cross."},
+     "question": "What symbol does this look like?", "answer": "It looks like a plus sign or a cross.",
+     "short_answers": ["plus", "plus sign", "cross"]},
     {"id": "sample-gen-006", "domain": "general", "image": ("BOX", "box"),
-     "question": "Is the shape in this picture round or square?", "answer": "It is square."},
+     "question": "Is the shape in this picture round or square?", "answer": "It is square.",
+     "short_answers": ["square"]},
     {"id": "sample-gen-007", "domain": "general", "image": ("MOON", "circle"),
      "question": "Write a short sentence about this picture for a child.",
      "answer": "Look, a round shape like the moon in the night sky!"},
@@ -810,6 +816,7 @@ def generate(output_dir: str | Path, seed: int = DEFAULT_SEED) -> dict[str, int]
                 "question": row["question"],
                 "answer": row["answer"],
                 "domain": row["domain"],
+                **({"short_answers": row["short_answers"]} if "short_answers" in row else {}),
             }
             for row in rows
         ]

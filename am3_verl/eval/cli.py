@@ -94,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_judge_args(compare)
     _add_report_args(compare)
 
+    general = sub.add_parser("general", help="general ability: answer-matching accuracy on benign VQA files with reference answers")
+    general.add_argument("--data", nargs="+", required=True, type=Path,
+                         help="VQA JSONL file(s) {id, image, question, answer, short_answers?}; one task per file (its stem)")
+    general.add_argument("--model", required=True, help="OpenAI-compatible endpoint or a local Hugging Face model folder")
+    general.add_argument("--model_name", default=None, help="served model name (default: the endpoint's only model)")
+    general.add_argument("--output_dir", required=True, type=Path, help="where results.json, samples_<task>.jsonl and general.md go")
+    general.add_argument("--grader", required=True, choices=["judge", "none"],
+                         help="free-form items (no short_answers): graded by the judge at --judge_base_url/--judge_model, "
+                              "or none (left ungraded)")
+    general.add_argument("--judge_base_url", default=None, help="grader endpoint .../v1 (key in AM3_JUDGE_API_KEY)")
+    general.add_argument("--judge_model", default=None, help="grader model name")
+    general.add_argument("--baseline", type=Path, default=None, help="another `general` output folder: deltas with bootstrap intervals")
+    general.add_argument("--safety", type=Path, default=None, help="a safety results folder (`run`) whose numbers go next to these")
+    general.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    general.add_argument("--max_tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
+    general.add_argument("--concurrency", type=int, default=16, help="questions in flight at once (default 16)")
+    general.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the delta interval (default 1000)")
+    general.add_argument("--seed", type=int, default=0, help="seed of sampling and of the bootstrap (default 0)")
+
     report = sub.add_parser("report", help="recompute metrics.json and report.html from results.jsonl")
     report.add_argument("--results", required=True, type=Path, help="results folder")
     report.add_argument("--baseline", type=Path, default=None, help="a results folder to compare against")
@@ -137,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"Check the endpoint, model name and key, then rerun the same command to retry the failed calls.",
                       file=sys.stderr)  # fmt: skip
                 return 1
+        elif args.command == "general":
+            import os
+
+            from am3_verl.eval.general import GeneralConfig, run_general
+
+            summary = run_general(GeneralConfig(
+                data=args.data, output_dir=args.output_dir, model=args.model, grader=args.grader, model_name=args.model_name,
+                params=GenerationParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed),
+                judge_base_url=args.judge_base_url, judge_model=args.judge_model,
+                judge_api_key=os.environ.get("AM3_JUDGE_API_KEY") or None, baseline=args.baseline, safety=args.safety,
+                concurrency=args.concurrency, n_resamples=args.bootstrap, seed=args.seed,
+            ))
+            print(summary.table, end="")
+            print(summary.paragraph())
         elif args.command == "compare":
             judge = resolve_judge_config(_judge_kwargs(args))
             with output_folder_lock(args.results):
@@ -160,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "general":
+            print("interrupted: the general-ability run writes its outputs only when complete; rerun it.", file=sys.stderr)
+            return 130
         folder = args.output_dir if args.command == "run" else args.results
         print(f"interrupted: every answer and judgment finished so far is kept in {folder}; rerun the same command to "
               "resume from there.", file=sys.stderr)  # fmt: skip
