@@ -57,3 +57,24 @@ am3_judge_overrides() {
       ;;
   esac
 }
+
+# The experiment trackers of a GRPO recipe (verl's trainer.logger), chosen with AM3_LOGGER:
+#   am3_logger_overrides DEFAULT   sets LOGGER_OVERRIDES to trainer.logger=[...] from AM3_LOGGER, a
+# comma-separated list of console, tensorboard, wandb, mlflow and file (verl's trackers), or from
+# DEFAULT (the recipe's own choice) when AM3_LOGGER is unset. The choice is announced on stderr.
+# tensorboard writes to $TENSORBOARD_DIR (verl's default: ./tensorboard_log/<project>/<experiment>);
+# wandb and mlflow read their usual environment (WANDB_API_KEY / WANDB_MODE, MLFLOW_TRACKING_URI).
+am3_logger_overrides() {
+  local chosen="${AM3_LOGGER:-$1}" name
+  local -a names=()
+  IFS=',' read -ra names <<< "$chosen"
+  [[ ${#names[@]} -gt 0 ]] || { echo "am3-verl: AM3_LOGGER is empty; name at least one of console, tensorboard, wandb, mlflow, file" >&2; return 2; }
+  for name in "${names[@]}"; do
+    case "$name" in
+      console|tensorboard|wandb|mlflow|file) ;;
+      *) echo "am3-verl: AM3_LOGGER entries must be console, tensorboard, wandb, mlflow or file, got '$name'" >&2; return 2 ;;
+    esac
+  done
+  echo "am3-verl: trainer.logger=[$chosen] (${AM3_LOGGER:+from AM3_LOGGER}${AM3_LOGGER:-the recipe default; set AM3_LOGGER to change it})" >&2
+  LOGGER_OVERRIDES=("trainer.logger=[$chosen]")
+}

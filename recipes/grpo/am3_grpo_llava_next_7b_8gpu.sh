@@ -32,6 +32,7 @@ CKPT_DIR=${CKPT_DIR:-$HOME/checkpoints/am3/am3_grpo_llava_next_7b}
 REPO_DIR="$(dirname "$RECIPES")"
 # The judge: the rubric VLM judge at AM3_JUDGE_BASE_URL (AM3_JUDGE_BACKEND=heuristic only for offline runs).
 am3_judge_overrides "${AM3_JUDGE_BACKEND:-openai}"
+am3_logger_overrides console,wandb
 
 OVERRIDES=(
   # The method: turn-aware dual-objective advantage (paper eqs. 6-9); defaults shown explicitly.
@@ -88,7 +89,14 @@ OVERRIDES=(
   trainer.project_name=am3-verl
   trainer.experiment_name=am3_grpo_llava_next_7b
   trainer.default_local_dir="$CKPT_DIR"
-  trainer.logger='[console,wandb]'
+  # Trackers: AM3_LOGGER=console,tensorboard,wandb,mlflow (any of them; default console,wandb).
+  "${LOGGER_OVERRIDES[@]}"
+  # Validation replies (prompt, reply, score) logged to the trackers that show tables (wandb, tensorboard, mlflow).
+  trainer.log_val_generations=10
+  # Long runs: a rerun of the same command resumes from the newest checkpoint in trainer.default_local_dir
+  # (CKPT_DIR); trainer.resume_mode=disable starts afresh, trainer.resume_mode=resume_path with
+  # trainer.resume_from_path=$CKPT_DIR/global_step_N resumes from a chosen one.
+  trainer.resume_mode=auto
   trainer.n_gpus_per_node=8
   trainer.nnodes=1
   # Paper: fewer than 15 epochs over 7,000 dialogues.

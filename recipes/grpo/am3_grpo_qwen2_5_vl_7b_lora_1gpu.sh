@@ -15,6 +15,7 @@ CKPT_DIR=${CKPT_DIR:-$HOME/checkpoints/am3/am3_grpo_qwen2_5_vl_7b_lora}
 REPO_DIR="$(dirname "$RECIPES")"
 # The judge: the rubric VLM judge at AM3_JUDGE_BASE_URL (AM3_JUDGE_BACKEND=heuristic only for offline runs).
 am3_judge_overrides "${AM3_JUDGE_BACKEND:-openai}"
+am3_logger_overrides console,wandb
 
 OVERRIDES=(
   algorithm.adv_estimator=am3_grpo
@@ -70,7 +71,14 @@ OVERRIDES=(
   trainer.project_name=am3-verl
   trainer.experiment_name=am3_grpo_qwen2_5_vl_7b_lora
   trainer.default_local_dir="$CKPT_DIR"
-  trainer.logger='[console,wandb]'
+  # Trackers: AM3_LOGGER=console,tensorboard,wandb,mlflow (any of them; default console,wandb).
+  "${LOGGER_OVERRIDES[@]}"
+  # Validation replies (prompt, reply, score) logged to the trackers that show tables (wandb, tensorboard, mlflow).
+  trainer.log_val_generations=10
+  # Long runs: a rerun of the same command resumes from the newest checkpoint in trainer.default_local_dir
+  # (CKPT_DIR); trainer.resume_mode=disable starts afresh, trainer.resume_mode=resume_path with
+  # trainer.resume_from_path=$CKPT_DIR/global_step_N resumes from a chosen one.
+  trainer.resume_mode=auto
   trainer.n_gpus_per_node=1
   trainer.nnodes=1
   trainer.total_epochs=15

@@ -15,6 +15,8 @@ REPO_DIR="$(dirname "$RECIPES")"
 
 : "${AM3_JUDGE_BACKEND:?set AM3_JUDGE_BACKEND=openai (with AM3_JUDGE_BASE_URL, AM3_JUDGE_MODEL) or AM3_JUDGE_BACKEND=heuristic}"
 export AM3_JUDGE_BACKEND  # the 8-GPU recipe turns it into explicit reward kwargs (recipes/lib.sh)
+# Trackers: console unless AM3_LOGGER names others (e.g. AM3_LOGGER=console,tensorboard; recipes/lib.sh).
+export AM3_LOGGER=${AM3_LOGGER:-console}
 export VERL_PLATFORM=cpu
 # `make setup`'s environment, when the caller has not activated one.
 [[ -x "$REPO_DIR/.venv/bin/python" && -z "${VIRTUAL_ENV:-}" ]] && export PATH="$REPO_DIR/.venv/bin:$PATH"
@@ -67,7 +69,7 @@ CPU_OVERRIDES=(
   actor_rollout_ref.actor.optim.lr=1e-4
   +reward.custom_reward_function.reward_kwargs.max_concurrency=16
   trainer.experiment_name=am3_grpo_tiny_cpu
-  trainer.logger=[console]
+  trainer.log_val_generations=2
   trainer.total_epochs=100
   trainer.total_training_steps=4
   trainer.save_freq=2

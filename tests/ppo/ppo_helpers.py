@@ -50,12 +50,13 @@ def run_tiny_recipe(workdir: Path, data_dir: Path, model_dir: Path, *overrides: 
         "CKPT_DIR": str(checkpoints),
         "VERL_FILE_LOGGER_PATH": str(metrics_file),
         "RAY_DEDUP_LOGS": "0",
+        "AM3_LOGGER": "console,file",  # the recipe's tracker choice (recipes/lib.sh); `env` may add others
         **(env or {}),
     }
     log_path = workdir / "main_ppo.log"
     with open(log_path, "w") as log:
         process = subprocess.run(
-            ["bash", str(TINY_CPU_RECIPE), "trainer.logger=[console,file]", *overrides],
+            ["bash", str(TINY_CPU_RECIPE), *overrides],
             cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S,
         )  # fmt: skip
     return PPORun(process.returncode, log_path.read_text(), read_step_metrics(metrics_file), checkpoints)

@@ -159,3 +159,33 @@ def test_an_unknown_am3_setting_is_rejected(rl_data_dir, tiny_qwen_dir, tmp_path
     config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, "+algorithm.am3.lamda=0.5")
     with pytest.raises(ValueError, match="lamda"):
         resolve_am3_config(config.algorithm)
+
+
+@pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
+def test_a_grpo_recipe_resumes_and_logs_validation_replies(script, rl_data_dir, tiny_qwen_dir, tmp_path):
+    config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path)
+    assert config.trainer.resume_mode == "auto"
+    assert config.trainer.default_local_dir == str(tmp_path)  # CKPT_DIR: where checkpoints go and resuming looks
+    assert config.trainer.log_val_generations > 0
+
+
+@pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
+def test_a_grpo_recipe_takes_its_trackers_from_am3_logger(script, rl_data_dir, tiny_qwen_dir, tmp_path):
+    import os
+    import subprocess
+
+    def run(**logger):
+        env = {k: v for k, v in os.environ.items() if k != "AM3_LOGGER"}
+        env.update(recipe_env(rl_data_dir, tiny_qwen_dir, tmp_path), AM3_PRINT_OVERRIDES="1", **logger)
+        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+
+    default = run()
+    expected = "trainer.logger=[console]" if "tiny_cpu" in script.name else "trainer.logger=[console,wandb]"
+    assert default.returncode == 0 and [o for o in default.stdout.splitlines() if o.startswith("trainer.logger=")] == [expected]
+    chosen = run(AM3_LOGGER="console,tensorboard,mlflow")
+    assert [o for o in chosen.stdout.splitlines() if o.startswith("trainer.logger=")] == ["trainer.logger=[console,tensorboard,mlflow]"]
+    assert "from AM3_LOGGER" in chosen.stderr
+    typo = run(AM3_LOGGER="console,tensorbord")
+    assert typo.returncode != 0 and "tensorbord" in typo.stderr and not typo.stdout
+    config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, "trainer.logger=[console,tensorboard]")
+    assert list(config.trainer.logger) == ["console", "tensorboard"]
