@@ -51,14 +51,37 @@ def installed_verl_version() -> str:
     return str(getattr(verl, "__version__", "unknown"))
 
 
+REQUIRED_VERL_FILE = "REQUIRED_VERL.txt"
+"""Next to every recipe folder's files (``recipes/*/REQUIRED_VERL.txt``): the verl release they need, as
+``KEY=VALUE`` lines (``UPSTREAM``, ``MODE``, ``VERSION``, ``PIP_INSTALL``, ``NOTES``), verl-recipe's convention."""
+
+
+def read_required_verl(path: str | os.PathLike) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of a ``REQUIRED_VERL.txt`` (``#`` comments and blank lines skipped).
+
+    Raises ``ValueError`` naming the file and line for a line that is not ``KEY=VALUE`` or a repeated key."""
+    entries: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().isidentifier() or key.strip() in entries:
+                raise ValueError(f"{path} line {number}: expected a new KEY=VALUE line, got {line!r}")
+            entries[key.strip()] = value.strip()
+    return entries
+
+
 def check_verl_version() -> None:
     """Raise :class:`UnsupportedVerlVersion` unless verl is :data:`VERL_VERSION`."""
     found = installed_verl_version()
     if found != VERL_VERSION:
         raise UnsupportedVerlVersion(
-            f"am3-verl was written for verl {VERL_VERSION} and reaches into these verl internals, which have no "
-            f"public hook: {'; '.join(REACHES)}. Installed verl is {found}: install verl=={VERL_VERSION} "
-            "(pip install 'verl[verl-core]==" + VERL_VERSION + "') or port am3_verl/compat.py to it."
+            f"am3-verl was written for verl {VERL_VERSION} (the release named in recipes/*/{REQUIRED_VERL_FILE}) and "
+            f"reaches into these verl internals, which have no public hook: {'; '.join(REACHES)}. Installed verl is "
+            f"{found}: install verl=={VERL_VERSION} (pip install 'verl[verl-core]==" + VERL_VERSION + "') or port "
+            "am3_verl/compat.py to it."
         )
 
 
