@@ -10,7 +10,10 @@
   the filesystem allows, copies otherwise); built in a fresh folder and swapped in, so no stale file
   stays behind;
 * ``dropped.jsonl`` – one row per dropped seed (decompose) or dropped dialogue (clean), with the reason;
-* ``failed.jsonl`` – seeds whose last call failed after its retries (a rerun continues them).
+* ``failed.jsonl`` – seeds whose last call failed after its retries (a rerun continues them);
+* ``README.md`` – the dataset card (:mod:`am3_verl.data.card`): Hugging Face front matter whose
+  ``configs`` name ``intersafe_v.jsonl``, the category / source distribution, the builder settings
+  (models, thresholds; no URLs or keys) and a content warning.
 
 Every written line is validated with :class:`am3_verl.dialogue.Dialogue` first.
 """
@@ -30,6 +33,7 @@ from am3_verl.builder.config import BuilderConfig
 from am3_verl.builder.ledger import Ledger
 from am3_verl.builder.state import ItemState
 from am3_verl.builder.store import CheckpointStore, atomic_write, file_mode, safe_stem
+from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
 from am3_verl.dialogue import Dialogue
 
 OUTPUT_FILE = "intersafe_v.jsonl"
@@ -48,6 +52,8 @@ class ExportCounts:
     dropped_dialogues: int = 0
     failed: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)
+    """Written dialogues per seed source dataset."""
     by_status: dict[str, int] = field(default_factory=dict)
     """Seeds per checkpoint status."""
     failed_ids: list[str] = field(default_factory=list)
@@ -141,6 +147,7 @@ def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: C
                 lines.write(json.dumps(record, ensure_ascii=False) + "\n")
                 counts.dialogues += 1
                 counts.by_category[item.category] = counts.by_category.get(item.category, 0) + 1
+                counts.by_source[str(item.source)] = counts.by_source.get(str(item.source), 0) + 1
     os.chmod(tmp, file_mode())
     images = output_dir / IMAGES_DIR
     old = output_dir / f".{IMAGES_DIR}.old"
@@ -154,4 +161,42 @@ def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: C
     os.replace(tmp, output_dir / OUTPUT_FILE)
     atomic_write(output_dir / DROPPED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dropped).encode("utf-8"))
     atomic_write(output_dir / FAILED_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed).encode("utf-8"))
+    atomic_write(output_dir / CARD_FILE, render_card(dataset_card(config, counts)).encode("utf-8"))
     return counts
+
+
+def dataset_card(config: BuilderConfig, counts: ExportCounts) -> DatasetCard:
+    """The dataset card of the builder's output folder: distributions and the settings that made it (no URLs, no keys)."""
+    roles = {}
+    if config.roles is not None:
+        for name in ("decomposer", "scorer", "attacker", "judge"):
+            role = getattr(config.roles, name)
+            roles[name] = {"model": config.endpoints[role.endpoint].model, "temperature": role.temperature}
+    return DatasetCard(
+        pretty_name="InterSafe-V (built with am3-verl)",
+        summary=("Multi-turn multimodal attack dialogues built by am3-verl's InterSafe-V builder "
+                 "(`data_prep/build_intersafe_v.py`): red-team seeds decomposed into innocuous-looking sub-queries, "
+                 "played one per turn against victim models by an attacker model (drawing new pictures where needed), "
+                 "then cleaned of near-duplicate images and of dialogues without an identifiable risk. One dialogue "
+                 "per line in am3-verl's InterSafe-V form (`id`, `category`, `source`, `turns` of `user` text and "
+                 "`images` paths, `meta` with the provenance); convert it with `data_prep/intersafe_v.py`."),
+        configs=[CardConfig("default", {"train": OUTPUT_FILE}, default=True)],
+        n_records=counts.dialogues,
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        distributions={"category": dict(counts.by_category), "source": dict(counts.by_source),
+                       "seed status": dict(counts.by_status)},
+        settings={
+            "command": "data_prep/build_intersafe_v.py",
+            "roles": roles,
+            "victims": [{"name": v.name, "model": config.endpoints[v.endpoint].model} for v in config.victims],
+            "text_to_image": {"enabled": config.text_to_image.enabled, "model": config.text_to_image.model},
+            "decompose": config.decompose.model_dump(mode="json"),
+            "interact": config.interact.model_dump(mode="json"),
+            "clean": config.clean.model_dump(mode="json"),
+            "victim_replies": config.output.victim_replies,
+            "counts": {"dialogues": counts.dialogues, "images": counts.images, "dropped_seeds": counts.dropped_seeds,
+                       "dropped_dialogues": counts.dropped_dialogues, "failed_seeds": counts.failed},
+        },
+        files={IMAGES_DIR + "/": "the pictures the dialogues name", DROPPED_FILE: "dropped seeds and dialogues, with the reason",
+               FAILED_FILE: "seeds whose last call failed (a rerun continues them)"},
+    )

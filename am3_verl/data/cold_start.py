@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 from pydantic import ValidationError
 
+from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, column_counts, render_card
 from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
@@ -339,6 +340,8 @@ def convert_cold_start(
         for name in names:
             sinks[name].close()
         if completed:
+            card = _card({name: sinks[name].path for name in names}, names, refusal_path, general_path, general_ratio, wanted, n_val, seed, system_prompt, policy)
+            staged.stage(CARD_FILE).write_text(render_card(card), encoding="utf-8")
             # outputs this run does not produce (e.g. an earlier run's refusal_eval.parquet) must not linger
             staged.commit(stale=[OUTPUT_FILES[name] for name in (VAL, EVAL) if name not in names])
         elif failure is not None:
@@ -347,6 +350,41 @@ def convert_cold_start(
     if failure is not None:
         raise failure
     return ColdStartSummary(out_dir, refusal_counts, general_counts, wanted, n_val, time.perf_counter() - started, n_workers)
+
+
+def _card(staged_paths: dict[str, Path], names: list[str], refusal_path: str | Path, general_path: str | Path | None,
+          general_ratio: float, wanted: int, n_val: int, seed: int, system_prompt: str | None,
+          policy: ImagePolicy) -> DatasetCard:
+    """The dataset card of a cold-start folder (its distributions read from the staged parquet files)."""
+    sft = {TRAIN: "train", VAL: "validation"}
+    configs = [CardConfig("default", {sft[name]: OUTPUT_FILES[name] for name in names if name in sft}, default=True)]
+    if EVAL in names:
+        configs.append(CardConfig("refusal_eval", {"test": OUTPUT_FILES[EVAL]}))
+    distributions = {}
+    n_records = 0
+    for name in names:
+        kinds = column_counts([staged_paths[name]], "extra_info.kind")
+        domains = column_counts([staged_paths[name]], "extra_info.domain")
+        n_records += sum(kinds.values())
+        distributions[f"kind ({OUTPUT_FILES[name]})"] = kinds
+        distributions[f"domain ({OUTPUT_FILES[name]})"] = domains
+    return DatasetCard(
+        pretty_name="AM3 cold-start SFT (refusal VQA + general VQA, am3-verl)",
+        summary=("Refusal-template learning data: refusal-VQA samples (an image, a harmful or professional-advice "
+                 "question, and a refusal that explains itself) mixed with benign VQA samples, as chat `messages` for "
+                 "verl's multi-turn SFT trainer; `refusal_eval.parquet` holds held-out refusal questions in prompt form "
+                 "for evaluation. Written by `data_prep/cold_start.py`."),
+        configs=configs,
+        n_records=n_records,
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        distributions=distributions,
+        settings={"command": "data_prep/cold_start.py", "refusal_input": Path(refusal_path).name,
+                  "general_input": Path(general_path).name if general_path is not None else None,
+                  "general_ratio": general_ratio, "general_samples": wanted, "validation_samples": n_val, "seed": seed,
+                  "system_prompt": system_prompt,
+                  "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()}},
+        files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
+    )
 
 
 class _bar:

@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 from pydantic import ValidationError
 
+from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
 from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
@@ -341,10 +342,35 @@ def convert_intersafe_v(
             raise DataPrepError(
                 f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; see {out_dir / REJECTS_FILE})"
             )
+        staged.stage(CARD_FILE).write_text(render_card(_card(summary, val_size, val_ratio, policy, allowed_categories)),
+                                           encoding="utf-8")
         staged.commit()
     finally:
         staged.discard()
     return summary
+
+
+def _card(summary: IntersafeSummary, val_size: int | None, val_ratio: float | None, policy: ImagePolicy,
+          allowed_categories: tuple[str, ...] | None) -> DatasetCard:
+    """The dataset card of a converted InterSafe-V folder."""
+    c = summary.counts
+    return DatasetCard(
+        pretty_name="InterSafe-V (verl RL parquet, am3-verl)",
+        summary=("Multi-turn multimodal attack dialogues in verl's RL parquet form: `prompt` is the first user turn "
+                 "(images in `images`), `am3_later_turns` the later user turns the am3_dialogue agent loop replays, "
+                 "`extra_info` the category, harmfulness and provenance. Written by `data_prep/intersafe_v.py`."),
+        configs=[CardConfig("default", {"train": OUTPUT_FILES[TRAIN], "validation": OUTPUT_FILES[VAL]}, default=True)],
+        n_records=c.written.get(TRAIN, 0) + c.written.get(VAL, 0),
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        distributions={f"category ({name})": dict(summary.categories.get(name, Counter())) for name in (TRAIN, VAL)},
+        settings={"command": "data_prep/intersafe_v.py", "input": summary.input.name, "seed": summary.seed,
+                  "val_size": val_size, "val_ratio": val_ratio, "validation_planned": summary.n_val_planned,
+                  "allowed_categories": list(allowed_categories) if allowed_categories else "all",
+                  "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
+                  "records": {"read": c.read, "written": c.read - c.rejected, "rejected": c.rejected},
+                  "images": {"stored": c.images, "shrunk": c.resized}},
+        files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

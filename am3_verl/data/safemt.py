@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Literal, Union
@@ -29,6 +29,7 @@ from typing import Any, Iterator, Literal, Union
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
 from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
@@ -329,10 +330,33 @@ def convert_safemt(
         if counts.written.get(EVAL, 0) == 0:
             staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
             raise DataPrepError(f"no SafeMT item was written ({counts.rejected} of {counts.read} rejected; see {out_dir / REJECTS_FILE})")
+        summary = SafeMTSummary(Path(input_path), out_dir, counts, rounds, scenarios, time.perf_counter() - started, n_workers)
+        staged.stage(CARD_FILE).write_text(render_card(_card(summary, policy)), encoding="utf-8")
         staged.commit()
     finally:
         staged.discard()
-    return SafeMTSummary(Path(input_path), out_dir, counts, rounds, scenarios, time.perf_counter() - started, n_workers)
+    return summary
+
+
+def _card(summary: "SafeMTSummary", policy: ImagePolicy) -> DatasetCard:
+    """The dataset card of a converted SafeMT folder."""
+    c = summary.counts
+    return DatasetCard(
+        pretty_name="SafeMT (evaluation parquet, am3-verl)",
+        summary=("SafeMT's multi-turn multimodal safety benchmark items in verl's RL parquet form, one row per item: "
+                 "`prompt` is the whole dialogue with the assistant turns pre-filled, ending on the user turn to "
+                 "answer; `scenario` and `num_rounds` say what and how long. For evaluation (`python -m am3_verl.eval`). "
+                 "Written by `data_prep/safemt.py` from SafeMT's public JSON."),
+        configs=[CardConfig("default", {"test": OUTPUT_FILE}, default=True)],
+        n_records=c.written.get(EVAL, 0),
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        distributions={"scenario": dict(summary.scenarios), "rounds (user turns)": {str(k): v for k, v in sorted(summary.rounds.items())}},
+        settings={"command": "data_prep/safemt.py", "input": summary.input.name, "source": "SafeMT (https://github.com/Happy-Corpse/SafeMT)",
+                  "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
+                  "records": {"read": c.read, "written": c.written.get(EVAL, 0), "rejected": c.rejected},
+                  "images": {"stored": c.images, "shrunk": c.resized}},
+        files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

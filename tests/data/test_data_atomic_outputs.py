@@ -37,7 +37,7 @@ def test_a_cold_start_run_removes_evaluation_files_of_an_earlier_run(tmp_path):
     cold_start.main(common + ["--val_size", "2"])
     assert (tmp_path / "refusal_eval.parquet").is_file() and (tmp_path / "cold_start_val.parquet").is_file()
     cold_start.main(common)  # no validation split this time: the old one would leak training rows into evaluation
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cold_start.parquet", "rejects.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "cold_start.parquet", "rejects.jsonl"]
 
 
 @pytest.mark.slow

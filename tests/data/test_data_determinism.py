@@ -35,7 +35,7 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(tmp_path, samp
         convert_safemt(sample_copy / "safemt.json", out / "safemt", workers=workers, chunk_size=4, progress=False)
         runs[name] = {sub: _bytes(out / sub) for sub in ("rl", "cs", "safemt")}
     assert runs["a"] == runs["b"] == runs["c"]
-    assert set(runs["a"]["rl"]) == {"rl_train.parquet", "rl_val.parquet", "rejects.jsonl"}
+    assert set(runs["a"]["rl"]) == {"rl_train.parquet", "rl_val.parquet", "rejects.jsonl", "README.md"}
     assert pq.ParquetFile(tmp_path / "a" / "rl" / "rl_train.parquet").metadata.num_row_groups == 3  # 19 rows / 8
 
 
