@@ -75,6 +75,10 @@ am3_logger_overrides() {
       *) echo "am3-verl: AM3_LOGGER entries must be console, tensorboard, wandb, mlflow or file, got '$name'" >&2; return 2 ;;
     esac
   done
-  echo "am3-verl: trainer.logger=[$chosen] (${AM3_LOGGER:+from AM3_LOGGER}${AM3_LOGGER:-the recipe default; set AM3_LOGGER to change it})" >&2
+  if [[ -n "${AM3_LOGGER:-}" ]]; then
+    echo "am3-verl: trainer.logger=[$chosen] (from AM3_LOGGER)" >&2
+  else
+    echo "am3-verl: trainer.logger=[$chosen] (the recipe default; set AM3_LOGGER to change it)" >&2
+  fi
   LOGGER_OVERRIDES=("trainer.logger=[$chosen]")
 }

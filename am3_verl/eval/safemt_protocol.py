@@ -37,6 +37,8 @@ Our choices, where SafeMT's code cannot be followed literally:
   data files do not carry (they carry ``scenario``), so run as released every item gets the general
   template. We select by the item's ``scenario`` with the same names (:func:`template_kind`);
   a scenario starting with ``Political`` gets the political-lobbying template;
+* **ids that no answer labels**: SafeMT's ``score.py`` still counts such an id in the Safety Index's
+  second factor (as never unsafe, std 0); :mod:`am3_verl.eval.safety_index` leaves it out;
 * **helpfulness and refusal** are not part of SafeMT's protocol: they still come from the configured
   ``--judge_backend`` (as with the guard backends), so ``helpful`` and ``over_refusal`` keep our rubric;
 * **items that are not SafeMT's** (InterSafe-V, refusal VQA, benign sets): ``question`` is the user turn
