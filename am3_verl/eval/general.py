@@ -355,8 +355,9 @@ def render_table(results: dict[str, Any], safety: dict[str, Any] | None) -> str:
             baseline = base.get(key, {}).get("value") if base else None
             delta = value - baseline if value is not None and baseline is not None else None
             ci = overall.get(key, {}).get("ci")
+            interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
             lines.append(f"| safety ({protocol if key != 'over_refusal' else 'judge'}) | {label} | {_fmt(value)} "
-                         f"(95% CI {_ci(ci) if ci else 'n/a'}) | {_fmt(baseline)} | "
+                         f"(95% CI {interval}) | {_fmt(baseline)} | "
                          f"{'n/a' if delta is None else f'{delta:+.3f}'} | n/a (separate runs) | {overall.get(key, {}).get('n', 0)} |")
     return "\n".join(lines) + "\n"
 

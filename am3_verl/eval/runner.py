@@ -548,4 +548,5 @@ def _run_eval(config: RunConfig) -> RunSummary:
     report = write_report(out, config.baseline, title=config.title, n_resamples=config.n_resamples, seed=config.seed,
                           viewer_items=config.viewer_items)
     return RunSummary(out, loaded.read, len(work), len(rejects), modes, dict(ctx.stats), report.metrics["counts"],
-                      report.metrics, pairwise, time.perf_counter() - started, model.describe(), judge_config.describe())
+                      report.metrics, pairwise, time.perf_counter() - started, model.describe(),
+                      judge_config.describe() + (" (safety labels: SafeMT's judging protocol)" if safemt is not None else ""))
