@@ -20,7 +20,7 @@ For each domain, from a local copy of its source:
 
 Outputs in ``--output_dir``: ``refusal_vqa.jsonl`` (our refusal VQA format: ``id``, ``image``,
 ``question``, ``answer``, ``domain``), ``images/``, ``rejects.jsonl`` (with the domain as ``input``),
-``ledger.json``. Writer answers are checkpointed in ``.build_refusal/`` as they arrive; a rerun reuses
+``ledger.json``, ``README.md`` (the dataset card, :mod:`am3_verl.data.card`). Writer answers are checkpointed in ``.build_refusal/`` as they arrive; a rerun reuses
 them. A writer call that fails for a transport reason (timeout, HTTP error) is not replaced: the run
 ends with exit status 3 and a rerun retries it.
 
@@ -61,6 +61,7 @@ from am3_verl.builder.ledger import Ledger
 from am3_verl.builder.prompts import Prompts, professional_refusals, quoted
 from am3_verl.builder.state import CallRecord
 from am3_verl.builder.store import CheckpointStore, atomic_write, image_extension
+from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
@@ -449,10 +450,41 @@ async def _build_with_store(
         shutil.rmtree(images_dir)
     new_images.rename(images_dir)
     atomic_write(output_dir / OUTPUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_records).encode("utf-8"))
+    atomic_write(output_dir / CARD_FILE, render_card(dataset_card(config, rvqa, sources, wanted, counts, all_records)).encode("utf-8"))
     all_ledger = Ledger().add_all(record for state in store.iter_records() for record in state.calls)
     all_ledger.write(output_dir / LEDGER_FILE, {"this_run": run_ledger.as_dict()["total"]})
     short = {d: wanted[d] - counts[d].written for d in active if counts[d].written < wanted[d]}
     return RefusalSummary(output_dir, counts, wanted, all_ledger, run_ledger, time.perf_counter() - started, short)
+
+
+def dataset_card(config: BuilderConfig, rvqa: RefusalVqaConfig, sources: dict[str, ResolvedSource], wanted: dict[str, int],
+                 counts: dict[str, DomainCounts], records: list[dict]) -> DatasetCard:
+    """The dataset card of the refusal VQA folder: domains, sources and the writer's model (no URLs, no keys)."""
+    domains: dict[str, int] = {}
+    for record in records:
+        domains[record["domain"]] = domains.get(record["domain"], 0) + 1
+    return DatasetCard(
+        pretty_name="AM3 refusal VQA (built with am3-verl)",
+        summary=("Refusal-template learning samples: general harmful questions about an image answered with an "
+                 "\"I'm sorry\" refusal that analyses why (written by a model), and health and finance questions "
+                 "answered with a professional-boundary refusal. One sample per line (`id`, `image`, `question`, "
+                 "`answer`, `domain`); convert it with `data_prep/cold_start.py`. Built by "
+                 "`data_prep/build_refusal_vqa.py`."),
+        configs=[CardConfig("default", {"train": OUTPUT_FILE}, default=True)],
+        n_records=len(records),
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        distributions={"domain": domains},
+        settings={"command": "data_prep/build_refusal_vqa.py",
+                  "writer_model": config.endpoints[rvqa.writer.endpoint].model if "general" in sources else None,
+                  "seed": rvqa.seed, "wanted": wanted,
+                  "sources": {d: {"preset": rvqa.sources.get(d, SourceConfig()).preset, "file": sources[d].path.name,
+                                  "filter": sources[d].filter} for d in sources},
+                  "counts": {d: {"read": c.read, "written": c.written, "rejected": c.rejected, "filtered": c.filtered,
+                                 "unused": c.unused, "pending": c.pending} for d, c in counts.items()}},
+        files={IMAGES_DIR + "/": "the pictures the samples name", REJECTS_FILE: "records that could not be used, with the reason",
+               LEDGER_FILE: "writer calls, tokens and failures"},
+        tags=["safety", "multimodal", "refusal", "am3-verl"],
+    )
 
 
 def build_refusal_vqa(

@@ -384,6 +384,7 @@ def _card(staged_paths: dict[str, Path], names: list[str], refusal_path: str | P
                   "system_prompt": system_prompt,
                   "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()}},
         files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
+        tags=["safety", "multimodal", "refusal", "am3-verl"],
     )
 
 

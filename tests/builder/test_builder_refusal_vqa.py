@@ -115,6 +115,16 @@ def test_the_set_is_built_from_the_three_sources_and_passes_the_cold_start_conve
     converted = convert_cold_start(out / "refusal_vqa.jsonl", tmp_path / "sft", workers=1, progress=False)
     assert converted.refusal.read == 10 and converted.refusal.rejected == 0
 
+    # the dataset card: front matter naming refusal_vqa.jsonl, the domains, and datasets.load_dataset reads it
+    import datasets
+    import yaml
+
+    meta = yaml.safe_load((out / "README.md").read_text().split("\n---\n", 1)[0].removeprefix("---\n"))
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "refusal_vqa.jsonl"}]
+    assert "| general | 4 |" in (out / "README.md").read_text()
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
+    assert loaded["id"] == [s["id"] for s in samples]
+
     ledger = json.loads((out / "ledger.json").read_text())["roles"]["writer"]
     assert ledger["calls"] == chat_server.stats().total - 2  # the [[BADANSWER]] call took 3 attempts
     assert ledger["attempts"] == chat_server.stats().total and ledger["failures"] == {"parse": 3}
