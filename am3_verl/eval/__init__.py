@@ -6,9 +6,11 @@
 * :mod:`~am3_verl.eval.results` – the results-folder contract (``results.jsonl`` and images);
 * :mod:`~am3_verl.eval.metrics`, :mod:`~am3_verl.eval.safety_index`, :mod:`~am3_verl.eval.bootstrap`,
   :mod:`~am3_verl.eval.winrate` – ASR, SafeMT's Safety Index, scores, over-refusal, win rates, intervals;
-* :mod:`~am3_verl.eval.report` – ``metrics.json`` and the self-contained ``report.html``.
+* :mod:`~am3_verl.eval.report` – ``metrics.json`` and the self-contained ``report.html``;
+* :mod:`~am3_verl.eval.safemt_protocol` – SafeMT's own binary judging protocol (``--judge_protocol safemt``);
+* :mod:`~am3_verl.eval.general` – general ability: answer matching on benign VQA, lm-evaluation-harness-shaped results.
 
-Command line: ``python -m am3_verl.eval {run,compare,report} ...`` (docs/eval.md).
+Command line: ``python -m am3_verl.eval {run,compare,report,general} ...`` (docs/eval.md).
 """
 
 from am3_verl.eval.report import ReportOutput, write_report

@@ -1,4 +1,4 @@
-"""``python -m am3_verl.eval {run,compare,report}``: the evaluation commands (see docs/eval.md)."""
+"""``python -m am3_verl.eval {run,compare,report,general}``: the evaluation commands (see docs/eval.md)."""
 
 from __future__ import annotations
 
