@@ -21,34 +21,20 @@ shows the training loop working end to end, not a safe model.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from am3_verl import stages
 from am3_verl.demo_report import read_step_metrics
-from am3_verl.local.rollout import REPO_ROOT, default_model_dir
+from am3_verl.local.rollout import default_model_dir
 
-SFT_RECIPE = REPO_ROOT / "recipes" / "sft" / "cold_start_qwen2_5_vl_7b_8gpu.sh"
-GRPO_RECIPE = REPO_ROOT / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
 JUDGES = ("heuristic", "openai")
-CPU_SFT_OVERRIDES = (
-    "trainer.device=cpu",
-    "model.use_remove_padding=False",
-    "+model.override_config.attn_implementation=sdpa",
-    "trainer.logger=[console]",
-    "data.use_dynamic_bsz=False",
-    "data.micro_batch_size_per_gpu=2",
-    "data.num_workers=0",
-    # The tiny model has random weights: a larger step than the recipe's makes the loss visibly move in 4 steps.
-    "optim.lr=5e-4",
-)
+SFT_LR = 5e-4
+"""The tiny model has random weights: a larger step than the recipe's makes the SFT loss visibly move in 4 steps."""
 
 
 @dataclass
@@ -104,99 +90,36 @@ def prepare_data(cfg: DemoConfig) -> Path:
 
 def cold_start_sft(cfg: DemoConfig, data_dir: Path, base_model: Path) -> Path:
     """Run the cold-start SFT recipe on the CPU; return the saved Hugging Face folder."""
-    ckpt_dir = cfg.output_dir / "sft"
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DATA_DIR": str(data_dir),
-        "MODEL_PATH": str(base_model),
-        "CKPT_DIR": str(ckpt_dir),
-        "NPROC_PER_NODE": "1",
-        "VERL_PLATFORM": "cpu",
-    }
-    command = [
-        "bash", str(SFT_RECIPE), *CPU_SFT_OVERRIDES,
-        f"data.train_batch_size={cfg.sft_batch_size}", f"trainer.total_training_steps={cfg.sft_steps}",
-        f"trainer.save_freq={cfg.sft_steps}", "trainer.total_epochs=100", "data.max_length=1024",
-    ]  # fmt: skip
-    print("$ " + " ".join(command), flush=True)
     log_path = cfg.output_dir / "sft.log"
-    with open(log_path, "w") as log:
-        process = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cfg.output_dir)
-    log_text = log_path.read_text()
-    losses = re.findall(r"step:(\d+) .*?train/loss:([0-9.]+)", log_text)
-    for step, loss in losses:
-        print(f"   SFT step {step}: loss {float(loss):.4f}")
-    if process.returncode != 0:
-        raise RuntimeError(f"cold-start SFT failed (exit {process.returncode}); see {log_path}")
-    hf_dir = ckpt_dir / f"global_step_{cfg.sft_steps}" / "huggingface"
-    if not (hf_dir / "config.json").is_file():
-        raise RuntimeError(f"cold-start SFT wrote no Hugging Face folder at {hf_dir}; see {log_path}")
+    hf_dir = stages.cold_start_sft(
+        data_dir, base_model, cfg.output_dir / "sft", steps=cfg.sft_steps, batch_size=cfg.sft_batch_size,
+        lr=SFT_LR, log_path=log_path,
+    )
+    for step, loss in sorted(stages.sft_losses(log_path).items()):
+        print(f"   SFT step {step}: loss {loss:.4f}")
     return hf_dir
 
 
 def grpo(cfg: DemoConfig, data_dir: Path, sft_model: Path) -> Path:
-    """Run AM3 GRPO with ``main_ppo`` (the tiny CPU recipe) from ``sft_model``; return the trained Hugging Face folder.
-
-    Progress: one bar tick per logged training step (read from verl's file logger as the run goes).
-    """
+    """Run AM3 GRPO with ``main_ppo`` (the tiny CPU recipe) from ``sft_model``; return the trained Hugging Face folder."""
     run_dir = cfg.output_dir / "grpo"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = run_dir / "metrics.jsonl"
-    metrics_file.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DATA_DIR": str(data_dir),
-        "MODEL_PATH": str(sft_model),
-        "CKPT_DIR": str(run_dir / "checkpoints"),
-        "AM3_JUDGE_BACKEND": cfg.judge,
-        "VERL_FILE_LOGGER_PATH": str(metrics_file),
-    }
-    command = [
-        "bash", str(GRPO_RECIPE), f"trainer.total_training_steps={cfg.grpo_steps}", f"trainer.save_freq={cfg.grpo_steps}",
-        "trainer.test_freq=-1", "trainer.logger=[console,file]", f"actor_rollout_ref.rollout.n={cfg.rollouts}",
-        f"data.train_batch_size={cfg.prompts}", f"data.seed={cfg.seed}",
-        # the trained policy as a Hugging Face folder, for evaluation
-        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
-        *(f"+algorithm.am3.{kv}" for kv in cfg.am3),
-    ]  # fmt: skip
-    print("$ " + " ".join(command), flush=True)
-    log_path = run_dir / "main_ppo.log"
-    with open(log_path, "w") as log, tqdm(total=cfg.grpo_steps, desc="GRPO steps", unit="step") as bar:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
-        while process.poll() is None:
-            time.sleep(1.0)
-            bar.update(len(read_step_metrics(metrics_file)) - bar.n)
-        bar.update(len(read_step_metrics(metrics_file)) - bar.n)
-    if process.returncode != 0:
-        raise RuntimeError(f"AM3 GRPO (main_ppo) failed (exit {process.returncode}); see {log_path}")
-    for step, metrics in read_step_metrics(metrics_file).items():
+    hf_dir = stages.grpo(
+        data_dir, sft_model, run_dir, steps=cfg.grpo_steps, prompts=cfg.prompts, rollouts=cfg.rollouts, seed=cfg.seed,
+        judge_env={"AM3_JUDGE_BACKEND": cfg.judge}, overrides=[f"+algorithm.am3.{kv}" for kv in cfg.am3],
+    )
+    for step, metrics in read_step_metrics(run_dir / "metrics.jsonl").items():
         print(f"   GRPO step {step}: reward {metrics['am3/reward/mean']:.3f}, harmless {metrics['am3/harmless/mean']:.3f}, "
               f"helpful {metrics['am3/helpful/mean']:.3f}, ASR {metrics['am3/asr']:.3f}, "
               f"rollout/actor log-prob gap {metrics.get('am3/sync/logprob_abs_diff/max', float('nan')):.1e}")  # fmt: skip
-    hf_dir = run_dir / "checkpoints" / f"global_step_{cfg.grpo_steps}" / "actor" / "huggingface"
-    if not any(hf_dir.glob("*.safetensors")):
-        raise RuntimeError(f"AM3 GRPO wrote no Hugging Face weights at {hf_dir}; see {log_path}")
     return hf_dir
 
 
 def evaluate(cfg: DemoConfig, data_dir: Path, model_dir: Path, name: str, baseline: Path | None = None) -> Path:
     """Evaluate ``model_dir`` with ``python -m am3_verl.eval run`` on the validation dialogues; return the results folder."""
-    from am3_verl.eval.cli import main as eval_main
-
-    results = cfg.output_dir / "eval" / name
-    argv = [
-        "run", "--data", str(data_dir / "rl_val.parquet"), "--model", str(model_dir), "--output_dir", str(results),
-        "--judge_backend", cfg.judge, "--max_tokens", str(cfg.max_reply_tokens), "--title", f"{name} checkpoint",
-        "--bootstrap", "200", "--seed", str(cfg.seed),
-    ]  # fmt: skip
-    if baseline is not None:
-        argv += ["--baseline", str(baseline)]
-    code = eval_main(argv)
-    if code != 0:
-        raise RuntimeError(f"evaluation of the {name} checkpoint failed (exit {code})")
-    return results
+    return stages.evaluate(
+        data_dir / "rl_val.parquet", model_dir, cfg.output_dir / "eval" / name, judge_args=["--judge_backend", cfg.judge],
+        max_tokens=cfg.max_reply_tokens, seed=cfg.seed, title=f"{name} checkpoint", baseline=baseline,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
