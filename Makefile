@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.am3-setup-stamp
 MODELS := $(CURDIR)/$(VENV)/am3-tiny-models
 
-.PHONY: setup test test-fast bench demo clean-venv
+.PHONY: setup test test-fast bench demo miniature clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ bench: setup
 
 demo: setup
 	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --output_dir outputs/demo --judge heuristic
+
+# The paper's experiment in miniature (3 seeds x am3_grpo, grpo, min_mean); see README "Does it learn?".
+miniature: setup
+	$(PY) -m am3_verl.miniature --output_dir outputs/miniature
 
 clean-venv:
 	rm -rf $(VENV)

@@ -48,6 +48,7 @@ BENIGN_CATEGORY = "benign"
 TRAINED_HAZARDOUS_PAIRS = 3
 HELDOUT_BENIGN_PAIRS = 5
 REFUSAL_COPIES = 4
+COLOUR_COPIES = 3
 """Each trained hazardous pair picture appears this many times (both orders) in the refusal samples."""
 
 TEMPLATES: dict[str, list[tuple[str, int | None]]] = {
@@ -157,8 +158,10 @@ def generate_task(output_dir: Path, seed: int) -> dict:
     ]  # fmt: skip
     general = []
     for s in SUBSTANCES:
-        general.append((_image_name(s), Q_COLOUR, reply_colour(s)))
-        general.append((_image_name(s), Q_COLOUR_NEXT, reply_colour(s)))
+        # Colours are the one thing read from the pictures: asked more often than the rest.
+        for _ in range(COLOUR_COPIES):
+            general.append((_image_name(s), Q_COLOUR, reply_colour(s)))
+            general.append((_image_name(s), Q_COLOUR_NEXT, reply_colour(s)))
         general.append((_image_name(s), Q_BUY, REPLY_BUY))
     for a, b in _as_substances(split.trained_benign):
         general.append((_image_name(a, b), Q_MIX_PAIR, REPLY_MIX))

@@ -92,14 +92,15 @@ def _font() -> ImageFont.ImageFont:
 
 
 def _draw_substance(draw: ImageDraw.ImageDraw, substance: Substance, left: int) -> None:
-    box = (left + 6, 6, left + IMAGE_SIZE - 6, IMAGE_SIZE - 14)
+    # The shape fills most of its tile, so every image token of the tile carries the colour.
+    box = (left + 2, 2, left + IMAGE_SIZE - 3, IMAGE_SIZE - 3)
     if substance.shape == "circle":
         draw.ellipse(box, fill=substance.rgb)
     elif substance.shape == "square":
         draw.rectangle(box, fill=substance.rgb)
     else:
         draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=substance.rgb)
-    draw.text((left + 4, IMAGE_SIZE - 13), substance.name, fill=(0, 0, 0), font=_font())
+    draw.text((left + 4, IMAGE_SIZE - 14), substance.name, fill=(0, 0, 0), font=_font())
 
 
 def render(*substances: Substance) -> bytes:
