@@ -164,7 +164,7 @@ def run_seed(cfg: MiniatureConfig, seed: int, judge: GroundTruthJudgeServer, clo
         started = time.perf_counter()
         after_dir = stages.evaluate(data["heldout"], model, root / "eval" / estimator, judge_args=judge_args,
                                     max_tokens=cfg.max_reply_tokens, seed=seed, title=f"seed {seed}: {estimator}",
-                                    baseline=before_dir, quiet=True)  # fmt: skip
+                                    quiet=True)  # fmt: skip
         clock.add("evaluation", started)
         after = eval_metrics(after_dir)
         print(f"seed {seed}: {estimator}: held-out ASR {before['asr']:.3f} -> {after['asr']:.3f}, over-refusal "
