@@ -40,10 +40,9 @@ from am3_verl.builder.prompts import Prompts
 from am3_verl.builder.seeds import read_seeds
 from am3_verl.builder.state import STAGES, CallRecord, Failure, ItemState
 from am3_verl.builder.store import CheckpointStore
-from am3_verl.data.validate import Reject, RejectWriter
+from am3_verl.data.validate import REJECTS_FILE, Reject, RejectWriter
 
 STORE_DIR = ".build"
-REJECTS_FILE = "rejects.jsonl"
 LEDGER_FILE = "ledger.json"
 NEXT_STAGE = {"new": "decompose", "decomposed": "interact", "interacted": "clean", "cleaned": None, "dropped": None}
 RUNNERS = {"decompose": run_decompose, "interact": run_interact, "clean": run_clean}

@@ -50,13 +50,12 @@ from am3_verl.data.pipeline import (
 )
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
-from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, RejectWriter, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, RefusalSample
 
 REFUSAL_SOURCE, GENERAL_SOURCE = "refusal_vqa", "general_vqa"
 TRAIN, VAL, EVAL, GENERAL = "train", "val", "eval", "general"
 OUTPUT_FILES = {TRAIN: "cold_start.parquet", VAL: "cold_start_val.parquet", EVAL: "refusal_eval.parquet"}
-REJECTS_FILE = "rejects.jsonl"
 DEFAULT_SEED = 42
 DEFAULT_GENERAL_RATIO = 1.0
 EVAL_AGENT_NAME = "single_turn_agent"

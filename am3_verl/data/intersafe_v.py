@@ -50,14 +50,13 @@ from am3_verl.data.pipeline import (
 )
 from am3_verl.data.readers import RecordSource, normalise_image_entry, normalise_nulls, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
-from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, RejectWriter, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import BENIGN, Dialogue
 
 AGENT_NAME = "am3_dialogue"
 DATA_SOURCE = "intersafe_v"
 TRAIN, VAL = "train", "val"
 OUTPUT_FILES = {TRAIN: "rl_train.parquet", VAL: "rl_val.parquet"}
-REJECTS_FILE = "rejects.jsonl"
 DEFAULT_VAL_RATIO = 0.05
 DEFAULT_SEED = 42
 

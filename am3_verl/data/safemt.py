@@ -48,13 +48,12 @@ from am3_verl.data.pipeline import (
     warm_up_workers,
 )
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
-from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, RejectWriter, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, ImageBytes
 
 DATA_SOURCE = "safemt"
 EVAL_AGENT_NAME = "single_turn_agent"
 OUTPUT_FILE = "safemt.parquet"
-REJECTS_FILE = "rejects.jsonl"
 EVAL = "eval"
 
 SAFEMT_SCHEMA = pa.schema(

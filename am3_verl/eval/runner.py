@@ -37,12 +37,12 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from am3_verl.data.validate import REJECTS_FILE
 from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
 from am3_verl.eval.cache import JsonlCache, cache_key
-from am3_verl.eval.items import EvalItem, Reject, load_items, write_rejects
+from am3_verl.eval.items import EvalItem, UnevaluableRow, load_items, write_rejects
 from am3_verl.eval.results import (
     CACHE_DIR,
-    REJECTS_FILE,
     ResultItem,
     ResultTurn,
     Verdict,
@@ -398,7 +398,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
     out.mkdir(parents=True, exist_ok=True)
     judge_config = resolve_judge_config(config.judge)
     loaded = load_items(config.data, limit=config.limit)
-    rejects: list[Reject] = list(loaded.rejects)
+    rejects: list[UnevaluableRow] = list(loaded.rejects)
     work: list[tuple[EvalItem, str]] = []
     for item in loaded.items:
         mode = resolve_mode(item, config.mode)
@@ -406,7 +406,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
         if problem:
             field_name, reason = problem.split(": ", 1)
             file, _, row = item.origin.rpartition(":")
-            rejects.append(Reject(file, int(row), item.id, field_name, reason))
+            rejects.append(UnevaluableRow(file, int(row), item.id, field_name, reason))
         else:
             work.append((item, mode))
     write_rejects(out / REJECTS_FILE, rejects)
