@@ -95,7 +95,7 @@ class StageContext:
             elapsed_s=round(result.elapsed_s, 4),
             error=None if result.ok else f"{result.error_kind}: {result.error}",
         )
-        blob = self.store.put_blob(result.data) if result.ok and result.data is not None else None
+        blob = self.store.put_blob(result.value) if result.ok and result.value is not None else None
         item.calls.append(record)
         self.on_call(record)
         if blob is None:

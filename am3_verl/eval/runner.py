@@ -52,7 +52,7 @@ from am3_verl.eval.results import (
 )
 from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, write_pairwise
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
 from am3_verl.judges.config import JudgeConfig, build_judge, resolve_judge_config
 
 RUN_FILE = "run.json"
@@ -87,8 +87,9 @@ class RunConfig:
     """Evaluate only the first ``limit`` rows (over all files)."""
     concurrency: int = 32
     """Items in flight at once."""
-    model_timeout_s: float = 300.0
-    model_max_attempts: int = 4
+    model_timeout_s: float | None = None
+    """Per-attempt model timeout (None: :class:`~am3_verl.clients.endpoint.EndpointConfig`'s default)."""
+    model_max_attempts: int | None = None
     baseline: Path | None = None
     """A results folder to compare with (win rates)."""
     title: str | None = None
@@ -105,7 +106,7 @@ def judge_identity(config: JudgeConfig) -> str:
     rubric = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
     parts = [config.backend]
     if config.backend != "heuristic":
-        parts += [f"model={config.model}", f"guard={config.guard_model}", f"helpful={config.helpfulness_backend}",
+        parts += [f"model={config.judge.model if config.judge else None}", f"guard={config.guard.model if config.guard else None}", f"helpful={config.helpfulness_backend}",
                   f"rubric={rubric}", f"t={config.temperature}", f"controversial={config.controversial_harmless}"]
     return "|".join(parts)
 
@@ -266,22 +267,10 @@ async def _run_items(ctx: _Context, work: list[tuple[EvalItem, str]], concurrenc
 
 
 def make_pairwise_comparator(config: JudgeConfig) -> JudgePairwise | None:
-    """A judge-backed comparator when the judge config names an endpoint (base_url + model), else None."""
-    if not (config.base_url and config.model):
+    """A judge-backed comparator when the judge config names a judge endpoint (base_url + model), else None."""
+    if config.judge is None:
         return None
-    client = ChatClient(
-        ChatClientConfig(
-            base_url=config.base_url,
-            model=config.model,
-            api_key=config.api_key,
-            timeout_s=config.timeout_s,
-            max_attempts=config.max_attempts,
-            backoff_initial_s=config.backoff_initial_s,
-            backoff_max_s=config.backoff_max_s,
-            max_concurrency=config.max_concurrency,
-            concurrency_group=f"am3-eval-pairwise:{config.max_concurrency}",
-        )
-    )
+    client = ChatClient(config.judge)
     return JudgePairwise(client, temperature=config.temperature, max_tokens=config.max_tokens,
                          structured_output=config.structured_output)
 
