@@ -91,6 +91,8 @@ class StageContext:
             attempts=result.attempts,
             failures=dict(result.failures),
             images=1 if result.ok else 0,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
             request_sha=request_sha(self.images.model, self.images.request_body(prompt)),
             elapsed_s=round(result.elapsed_s, 4),
             error=None if result.ok else f"{result.error_kind}: {result.error}",
