@@ -124,7 +124,9 @@ class Transport:
     def __repr__(self) -> str:
         return f"Transport({self.url!r}, model={self.endpoint.model!r})"
 
-    async def call(self, body: Callable[[], Mapping[str, Any]], read: Callable[[dict[str, Any]], tuple[T, str | None]]) -> Result[T]:
+    async def call(
+        self, body: Callable[[], Mapping[str, Any]], read: Callable[[dict[str, Any]], tuple[T, str | None]]
+    ) -> Result[T]:
         """One call with retries. ``body()`` builds the request (called once, when the first attempt gets its
         slot); ``read(answer)`` turns the decoded JSON answer into ``(value, content)``, raising
         :class:`Failure` for a malformed answer or ``ValueError`` for one the caller rejects."""

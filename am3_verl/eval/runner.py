@@ -106,7 +106,8 @@ def judge_identity(config: JudgeConfig) -> str:
     rubric = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
     parts = [config.backend]
     if config.backend != "heuristic":
-        parts += [f"model={config.judge.model if config.judge else None}", f"guard={config.guard.model if config.guard else None}", f"helpful={config.helpfulness_backend}",
+        judge, guard = (endpoint.model if endpoint else None for endpoint in (config.judge, config.guard))
+        parts += [f"model={judge}", f"guard={guard}", f"helpful={config.helpfulness_backend}",
                   f"rubric={rubric}", f"t={config.temperature}", f"controversial={config.controversial_harmless}"]
     return "|".join(parts)
 

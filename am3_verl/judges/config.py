@@ -151,7 +151,8 @@ def resolve_judge_config(kwargs: Mapping[str, Any] | None = None, environ: Mappi
         EndpointConfig(base_url="http://unused/v1", model="unused", **shared)
     except ValidationError as exc:
         raise ValueError(f"judge config: {validation_problems(exc)}") from None
-    for name, url, model, key in (("judge", "base_url", "model", "api_key"), ("guard", "guard_base_url", "guard_model", "guard_api_key")):
+    endpoints = (("judge", "base_url", "model", "api_key"), ("guard", "guard_base_url", "guard_model", "guard_api_key"))
+    for name, url, model, key in endpoints:
         url_value, model_value = values.pop(url, None), values.pop(model, None)
         if url_value and model_value:
             key_env = ENV[key] if environ.get(ENV[key]) else None
