@@ -263,6 +263,12 @@ class BuilderConfig(_Strict):
                 known = ", ".join(sorted(self.endpoints)) or "none defined"
                 raise ValueError(f"{where}.endpoint {role.endpoint!r} is not in endpoints ({known})")
 
+        limits: dict[tuple[str, str], tuple[str, int]] = {}
+        for name, endpoint in self.endpoints.items():
+            first, limit = limits.setdefault(endpoint.key, (name, endpoint.max_concurrency))
+            if limit != endpoint.max_concurrency:
+                raise ValueError(f"endpoints {first} and {name} are one endpoint ({endpoint.describe()}) with two "
+                                 f"max_concurrency values ({limit}, {endpoint.max_concurrency}); one endpoint has one limit")
         if self.roles is not None:
             for name in ("decomposer", "scorer", "attacker", "judge"):
                 check(getattr(self.roles, name), f"roles.{name}")
