@@ -2,8 +2,10 @@
 
 One file serves both commands (``build_intersafe_v.py`` needs ``roles`` and ``victims``;
 ``build_refusal_vqa.py`` needs ``refusal_vqa``). Every section is a pydantic model with ``extra="forbid"``,
-so a misspelt key is an error naming its path. API keys never appear in the file: an endpoint names the
-environment variable that holds its key (``api_key_env``), read when the run starts.
+so a misspelt key is an error naming its path. ``endpoints`` are :class:`~am3_verl.clients.endpoint.EndpointConfig`
+entries (the endpoint config every component uses); roles and ``text_to_image`` name one. API keys never
+appear in the file: an endpoint names the environment variable that holds its key (``api_key_env``), read
+when the run starts.
 
 :func:`content_fingerprint` hashes the settings that change what the builder produces (prompts, models,
 thresholds...) but not the operational ones (URLs, timeouts, concurrency), so a resumed run can refuse
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -22,6 +23,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.validate import format_loc
 
@@ -35,53 +37,6 @@ class BuilderError(DataPrepError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _refuse_literal_keys(data: Any, where: str) -> Any:
-    if isinstance(data, dict) and "api_key" in data:
-        raise ValueError(
-            f"{where}: put the API key in an environment variable and name it with api_key_env; "
-            "a key in a config file ends up in logs and version control"
-        )
-    return data
-
-
-class EndpointConfig(_Strict):
-    """One OpenAI-compatible chat endpoint (``POST {base_url}/chat/completions``)."""
-
-    base_url: str
-    """Endpoint root including ``/v1``, e.g. ``http://vlm-host:8000/v1``."""
-    model: str
-    """Model name sent with every request."""
-    api_key_env: str | None = None
-    """Environment variable holding the bearer token (None: no ``Authorization`` header)."""
-    timeout_s: float = Field(180.0, gt=0)
-    """Wall-clock limit of one attempt."""
-    max_attempts: int = Field(4, ge=1)
-    """Attempts per call (first included); transient errors and unparsable answers are retried."""
-    backoff_initial_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(30.0, gt=0)
-    max_concurrency: int = Field(32, ge=1)
-    """Requests on the wire at once to this endpoint, over all roles that use it."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_key(cls, data: Any) -> Any:
-        return _refuse_literal_keys(data, "endpoint")
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("is empty")
-        return value
 
 
 class RoleConfig(_Strict):
@@ -141,33 +96,19 @@ class TextToImageConfig(_Strict):
 
     enabled: bool = False
     """When false the attacker is told that no new pictures can be drawn."""
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
+    endpoint: str | None = None
+    """Name of an entry of ``endpoints`` that serves ``/images/generations``."""
     size: str | None = "1024x1024"
     """``size`` sent with each request (None: not sent)."""
     send_response_format: bool = True
     """Send ``response_format: b64_json`` (some servers always answer b64 and reject the field)."""
     extra_params: dict[str, Any] = Field(default_factory=dict)
     """More request-body fields (``quality``, ``seed``, ``negative_prompt``...)."""
-    timeout_s: float = Field(300.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    backoff_initial_s: float = Field(2.0, ge=0)
-    backoff_max_s: float = Field(60.0, gt=0)
-    max_concurrency: int = Field(4, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_key(cls, data: Any) -> Any:
-        return _refuse_literal_keys(data, "text_to_image")
 
     @model_validator(mode="after")
     def _complete(self) -> "TextToImageConfig":
-        if self.enabled:
-            if not self.base_url or not self.model:
-                raise ValueError("enabled text_to_image needs base_url and model")
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.enabled and not self.endpoint:
+            raise ValueError("enabled text_to_image needs an endpoint (the name of an entry of endpoints)")
         return self
 
 
@@ -317,11 +258,17 @@ class BuilderConfig(_Strict):
     def _references(self) -> "BuilderConfig":
         from am3_verl.builder.prompts import check_overrides, professional_refusals
 
-        def check(role: RoleConfig, where: str) -> None:
+        def check(role: RoleConfig | TextToImageConfig, where: str) -> None:
             if role.endpoint not in self.endpoints:
                 known = ", ".join(sorted(self.endpoints)) or "none defined"
                 raise ValueError(f"{where}.endpoint {role.endpoint!r} is not in endpoints ({known})")
 
+        limits: dict[tuple[str, str], tuple[str, int]] = {}
+        for name, endpoint in self.endpoints.items():
+            first, limit = limits.setdefault(endpoint.key, (name, endpoint.max_concurrency))
+            if limit != endpoint.max_concurrency:
+                raise ValueError(f"endpoints {first} and {name} are one endpoint ({endpoint.describe()}) with two "
+                                 f"max_concurrency values ({limit}, {endpoint.max_concurrency}); one endpoint has one limit")
         if self.roles is not None:
             for name in ("decomposer", "scorer", "attacker", "judge"):
                 check(getattr(self.roles, name), f"roles.{name}")
@@ -333,6 +280,8 @@ class BuilderConfig(_Strict):
             check(victim, f"victims[{k}]")
         if self.refusal_vqa is not None:
             check(self.refusal_vqa.writer, "refusal_vqa.writer")
+        if self.text_to_image.enabled:
+            check(self.text_to_image, "text_to_image")
         check_overrides(self.prompts)
         for domain, answers in self.professional_refusals.items():
             professional_refusals(domain, {domain: answers})
@@ -380,17 +329,6 @@ def load_config(path: str | Path) -> BuilderConfig:
     return parse_config(data if data is not None else {}, where=str(p))
 
 
-def api_key_from_env(env_var: str | None, where: str, environ: Mapping[str, str] | None = None) -> str | None:
-    """The key in ``env_var`` (None when no variable is named); a named but unset variable is an error."""
-    if env_var is None:
-        return None
-    environ = os.environ if environ is None else environ
-    value = environ.get(env_var)
-    if not value:
-        raise BuilderError(f"{where}.api_key_env names {env_var}, which is not set in the environment")
-    return value
-
-
 def content_fingerprint(config: BuilderConfig) -> dict[str, str]:
     """Short hashes of the settings that decide the pipeline's output, by section.
 
@@ -409,7 +347,8 @@ def content_fingerprint(config: BuilderConfig) -> dict[str, str]:
         "roles": {n: role(getattr(config.roles, n)) for n in ("decomposer", "scorer", "attacker", "judge")}
         if config.roles is not None else None,
         "victims": [{"name": v.name, "system_prompt": v.system_prompt, **role(v)} for v in config.victims],
-        "text_to_image": {"enabled": t2i.enabled, "model": t2i.model, "size": t2i.size, "extra": t2i.extra_params}
+        "text_to_image": {"enabled": t2i.enabled, "model": config.endpoints[t2i.endpoint].model, "size": t2i.size,
+                          "extra": t2i.extra_params}
         if t2i.enabled else {"enabled": False},
         "decompose": config.decompose.model_dump(),
         "interact": config.interact.model_dump(),

@@ -91,11 +91,13 @@ class StageContext:
             attempts=result.attempts,
             failures=dict(result.failures),
             images=1 if result.ok else 0,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
             request_sha=request_sha(self.images.model, self.images.request_body(prompt)),
             elapsed_s=round(result.elapsed_s, 4),
             error=None if result.ok else f"{result.error_kind}: {result.error}",
         )
-        blob = self.store.put_blob(result.data) if result.ok and result.data is not None else None
+        blob = self.store.put_blob(result.value) if result.ok and result.value is not None else None
         item.calls.append(record)
         self.on_call(record)
         if blob is None:

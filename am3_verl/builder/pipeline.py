@@ -29,21 +29,20 @@ from tqdm import tqdm
 
 from am3_verl.builder.clean import run_clean
 from am3_verl.builder.calls import RoleCaller, role_callers
-from am3_verl.builder.config import BuilderConfig, BuilderError, RoleConfig, api_key_from_env, content_fingerprint, load_config
+from am3_verl.builder.config import BuilderConfig, BuilderError, RoleConfig, content_fingerprint, load_config
 from am3_verl.builder.context import StageContext, StageFailed
 from am3_verl.builder.decompose import run_decompose
 from am3_verl.builder.export import DROPPED_FILE, FAILED_FILE, OUTPUT_FILE, ExportCounts, export
-from am3_verl.builder.images_client import ImagesClient
+from am3_verl.builder.images_client import ImagesClient, open_images_client
 from am3_verl.builder.interact import run_interact
 from am3_verl.builder.ledger import Ledger
 from am3_verl.builder.prompts import Prompts
 from am3_verl.builder.seeds import read_seeds
 from am3_verl.builder.state import STAGES, CallRecord, Failure, ItemState
 from am3_verl.builder.store import CheckpointStore
-from am3_verl.data.validate import Reject, RejectWriter
+from am3_verl.data.validate import REJECTS_FILE, Reject, RejectWriter
 
 STORE_DIR = ".build"
-REJECTS_FILE = "rejects.jsonl"
 LEDGER_FILE = "ledger.json"
 NEXT_STAGE = {"new": "decompose", "decomposed": "interact", "interacted": "clean", "cleaned": None, "dropped": None}
 RUNNERS = {"decompose": run_decompose, "interact": run_interact, "clean": run_clean}
@@ -205,8 +204,7 @@ async def _build_async(
 ) -> BuildSummary:
     started = time.perf_counter()
     callers: dict[str, RoleCaller] = role_callers(config, _roles(config))
-    t2i = config.text_to_image
-    images = ImagesClient(t2i, api_key_from_env(t2i.api_key_env, "text_to_image")) if t2i.enabled else None
+    images = open_images_client(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     with CheckpointStore(output_dir / STORE_DIR, ItemState, fsync=config.run.fsync) as store:
         return await _build_with_store(seeds_path, output_dir, config, stages, limit, allow_config_change, progress,

@@ -65,13 +65,12 @@ from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
-from am3_verl.data.validate import Reject, RejectWriter
+from am3_verl.data.validate import REJECTS_FILE, Reject, RejectWriter
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, RefusalSample
 
 DOMAINS: tuple[str, ...] = ("general", "health", "finance")
 OUTPUT_FILE = "refusal_vqa.jsonl"
 IMAGES_DIR = "images"
-REJECTS_FILE = "rejects.jsonl"
 LEDGER_FILE = "ledger.json"
 STORE_DIR = ".build_refusal"
 EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, 130

@@ -19,45 +19,36 @@ not counted). Too few valid general samples is an error.
 from __future__ import annotations
 
 import argparse
-import time
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 from pydantic import ValidationError
 
 from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, column_counts, render_card
-from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
+from am3_verl.data.cli import progress_bar
+from am3_verl.data.conversion import (
+    Conversion,
+    Output,
+    add_common_args,
+    common_options,
+    duplicate_assignment,
+    duplicate_of,
+    planned_tasks,
+)
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
-from am3_verl.data.pipeline import (
-    IMAGE_TYPE,
-    MESSAGES_TYPE,
-    REJECTED,
-    ParquetSink,
-    StagedOutputs,
-    prepare_output_dir,
-    RowBuilder,
-    RunCounts,
-    chunked,
-    default_workers,
-    drive,
-    ordered_map,
-    spool_dir,
-    warm_up_workers,
-)
+from am3_verl.data.pipeline import IMAGE_TYPE, MESSAGES_TYPE, REJECTED, ParquetSink, RowBuilder, RunCounts
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
-from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, RejectWriter, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, RefusalSample
 
 REFUSAL_SOURCE, GENERAL_SOURCE = "refusal_vqa", "general_vqa"
 TRAIN, VAL, EVAL, GENERAL = "train", "val", "eval", "general"
 OUTPUT_FILES = {TRAIN: "cold_start.parquet", VAL: "cold_start_val.parquet", EVAL: "refusal_eval.parquet"}
-REJECTS_FILE = "rejects.jsonl"
 DEFAULT_SEED = 42
 DEFAULT_GENERAL_RATIO = 1.0
 EVAL_AGENT_NAME = "single_turn_agent"
@@ -107,8 +98,12 @@ EVAL_SCHEMA = pa.schema(
     ]
 )
 """Columns of ``refusal_eval.parquet`` (RLHFDataset-compatible prompt form)."""
-
-_DUPLICATE = "duplicate:"
+OUTPUTS = {
+    TRAIN: Output(OUTPUT_FILES[TRAIN], SFT_SCHEMA),
+    GENERAL: Output(OUTPUT_FILES[TRAIN], SFT_SCHEMA),  # general samples go to the training file, after the refusals
+    VAL: Output(OUTPUT_FILES[VAL], SFT_SCHEMA),
+    EVAL: Output(OUTPUT_FILES[EVAL], EVAL_SCHEMA),
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,6 @@ class VqaJob:
     kind: str
     """``refusal`` or ``general``."""
     system_prompt: str | None
-    spool_dir: str | None = None
 
 
 def _user_content(question: str) -> str:
@@ -141,8 +135,9 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
     except ValidationError as exc:
         out.reject(reject_from_validation_error(position, record_id, exc))
         return
-    if assignment.startswith(_DUPLICATE):
-        out.reject(Reject(position, sample.id, "id", f"duplicate id: already used by {assignment.removeprefix(_DUPLICATE)}"))
+    first = duplicate_of(assignment)
+    if first is not None:
+        out.reject(Reject(position, sample.id, "id", f"duplicate id: already used by {first}"))
         return
     if sample.question.count(IMAGE_PLACEHOLDER) > 1:
         out.reject(Reject(position, sample.id, "question",
@@ -182,14 +177,6 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
         raise RuntimeError(f"record {position} validated but was not assigned a split ({assignment!r})")
 
 
-def convert_chunk(job: VqaJob, tasks: list[tuple[int, Any, str]]) -> Any:
-    """Worker entry: validate and convert one chunk of ``(position, payload, assignment)`` tasks."""
-    out = RowBuilder({TRAIN: SFT_SCHEMA, VAL: SFT_SCHEMA, GENERAL: SFT_SCHEMA, EVAL: EVAL_SCHEMA}, job.spool_dir)
-    for position, payload, assignment in tasks:
-        _convert_one(position, payload, assignment, job, out)
-    return out.result()
-
-
 def _plan(
     source: RecordSource, seen: dict[str, str], label: str, default: str,
     val_size: int | None = None, val_ratio: float | None = None, seed: int = DEFAULT_SEED,
@@ -204,7 +191,7 @@ def _plan(
             continue
         record_id = key["id"]
         if record_id in seen:
-            assignment[position] = f"{_DUPLICATE}{seen[record_id]}"
+            assignment[position] = duplicate_assignment(seen[record_id])
             continue
         seen[record_id] = f"{label} record {position}"
         keyed.append((position, record_id, key["domain"]))
@@ -218,11 +205,6 @@ def _plan(
     for position, _, _ in keyed:
         assignment[position] = VAL if position in val else default
     return assignment, n_records, n_val
-
-
-def _tasks(source: RecordSource, assignment: dict[int, str]) -> Iterator[tuple[int, Any, str]]:
-    for position, payload in source.payloads():
-        yield position, payload, assignment.get(position, "unplanned")
 
 
 @dataclass
@@ -282,74 +264,53 @@ def convert_cold_start(
     Raises :class:`DataPrepError` for unreadable inputs, no training sample, or too few general samples
     for the requested ratio. Output is byte-for-byte identical for the same inputs, options and seed.
     """
-    started = time.perf_counter()
     if general_ratio < 0:
         raise DataPrepError(f"--general_ratio must be >= 0, got {general_ratio}")
     refusal_source = open_source(refusal_path, image_root)
     general_source = open_source(general_path, image_root) if general_path is not None else None
-    out_dir = prepare_output_dir(output_dir)
-    n_workers = workers or default_workers()
-    warm_up_workers(n_workers)
-    seen: dict[str, str] = {}
-    refusal_plan, n_refusal, n_val = _plan(refusal_source, seen, "refusal", TRAIN, val_size, val_ratio, seed)
-    general_plan, n_general, _ = (
-        _plan(general_source, seen, "general", GENERAL) if general_source is not None else ({}, 0, 0)
-    )
-    names = [TRAIN] + ([VAL, EVAL] if n_val else [])
-    schemas = {TRAIN: SFT_SCHEMA, VAL: SFT_SCHEMA, EVAL: EVAL_SCHEMA}
-    staged = StagedOutputs(out_dir)
-    sinks = {name: ParquetSink(staged.stage(OUTPUT_FILES[name]), schemas[name], row_group_rows) for name in names}
-    sinks[GENERAL] = sinks[TRAIN]
-    rejects = RejectWriter(staged.stage(REJECTS_FILE))
-    general_counts: RunCounts | None = None
-    wanted = 0
-    stack = ExitStack()
-    failure: DataPrepError | None = None
-    completed = False
-    try:
-        spool = stack.enter_context(spool_dir(out_dir, n_workers))
+    with Conversion(output_dir, workers=workers, chunk_size=chunk_size, row_group_rows=row_group_rows, progress=progress) as run:
+        seen: dict[str, str] = {}
+        refusal_plan, n_refusal, n_val = _plan(refusal_source, seen, "refusal", TRAIN, val_size, val_ratio, seed)
+        general_plan, n_general, _ = (
+            _plan(general_source, seen, "general", GENERAL) if general_source is not None else ({}, 0, 0)
+        )
+        names = [TRAIN, GENERAL] + ([VAL, EVAL] if n_val else [])
+        rejects = run.open({name: OUTPUTS[name] for name in names})
         rejects.input_name = str(refusal_path)
-        job = VqaJob(refusal_source.base_dir, policy, "refusal", system_prompt, spool)
-        with _bar(n_refusal, "refusal_vqa", progress) as bar:
-            results = ordered_map(partial(convert_chunk, job), chunked(_tasks(refusal_source, refusal_plan), chunk_size), n_workers)
-            refusal_counts = drive(results, sinks, rejects, bar)
-        refusal_counts.check()
+        refusal_counts = run.convert(
+            _convert_one, VqaJob(refusal_source.base_dir, policy, "refusal", system_prompt),
+            planned_tasks(refusal_source, refusal_plan), total=n_refusal, desc="refusal_vqa",
+        )
         if refusal_counts.written.get(TRAIN, 0) == 0:
-            raise DataPrepError(f"no refusal sample was written for training ({refusal_counts.rejected} rejected; see {out_dir / REJECTS_FILE})")
+            raise run.fail(f"no refusal sample was written for training ({refusal_counts.rejected} rejected; "
+                           f"see {run.out_dir / REJECTS_FILE})")
+        general_counts: RunCounts | None = None
+        wanted = 0
         if general_source is not None:
             wanted = int(general_ratio * refusal_counts.written[TRAIN] + 0.5)
             rejects.input_name = str(general_path)
-            job = VqaJob(general_source.base_dir, policy, "general", system_prompt, spool)
-            with _bar(wanted, "general_vqa", progress) as bar:
-                results = ordered_map(partial(convert_chunk, job), chunked(_tasks(general_source, general_plan), chunk_size), n_workers)
-                with closing(results):
-                    general_counts = _drive_until(results, sinks[TRAIN], rejects, wanted, bar)
+            job = VqaJob(general_source.base_dir, policy, "general", system_prompt)
+            bar = progress_bar(wanted, "general_vqa", progress)
+            try:
+                with closing(run.results(_convert_one, job, planned_tasks(general_source, general_plan))) as results:
+                    general_counts = _drive_until(results, run.sinks[GENERAL], rejects, wanted, bar)
+            finally:
+                bar.close()
             general_counts.check()
             if general_counts.written.get(GENERAL, 0) < wanted:
-                raise DataPrepError(
+                raise run.fail(
                     f"--general_ratio {general_ratio} asks for {wanted} general samples but {general_path} has only "
                     f"{general_counts.written.get(GENERAL, 0)} valid ones ({general_counts.rejected} rejected of "
                     f"{n_general}); lower the ratio or add samples"
                 )
-        completed = True
-    except DataPrepError as exc:
-        failure = exc
-    finally:
-        stack.close()
-        rejects.close()
-        for name in names:
-            sinks[name].close()
-        if completed:
-            card = _card({name: sinks[name].path for name in names}, names, refusal_path, general_path, general_ratio, wanted, n_val, seed, system_prompt, policy)
-            staged.stage(CARD_FILE).write_text(render_card(card), encoding="utf-8")
-            # outputs this run does not produce (e.g. an earlier run's refusal_eval.parquet) must not linger
-            staged.commit(stale=[OUTPUT_FILES[name] for name in (VAL, EVAL) if name not in names])
-        elif failure is not None:
-            staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
-        staged.discard()
-    if failure is not None:
-        raise failure
-    return ColdStartSummary(out_dir, refusal_counts, general_counts, wanted, n_val, time.perf_counter() - started, n_workers)
+        run.close()  # the card's distributions are read from the finished parquet files
+        files = [name for name in names if name in OUTPUT_FILES]  # general samples share the training file
+        card = _card({name: run.sinks[name].path for name in files}, files, refusal_path, general_path, general_ratio, wanted,
+                     n_val, seed, system_prompt, policy)
+        run.write_text(CARD_FILE, render_card(card))
+        # outputs this run does not produce (e.g. an earlier run's refusal_eval.parquet) must not linger
+        run.commit(stale=[OUTPUT_FILES[name] for name in (VAL, EVAL) if name not in names])
+        return ColdStartSummary(run.out_dir, refusal_counts, general_counts, wanted, n_val, run.seconds, run.workers)
 
 
 def _card(staged_paths: dict[str, Path], names: list[str], refusal_path: str | Path, general_path: str | Path | None,
@@ -388,15 +349,6 @@ def _card(staged_paths: dict[str, Path], names: list[str], refusal_path: str | P
     )
 
 
-class _bar:
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar = progress_bar(total, desc, enabled)
-
-    def __enter__(self) -> Any:
-        return self.bar
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.close()
 
 
 def _drive_until(results: Any, sink: ParquetSink, rejects: RejectWriter, wanted: int, bar: Any) -> RunCounts:
@@ -436,7 +388,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Build the cold-start SFT parquet from refusal VQA and general VQA samples.")
     parser.add_argument("--refusal", required=True, help="refusal VQA samples: .jsonl, .json, .parquet or a datasets folder")
     parser.add_argument("--general", default=None, help="general benign VQA samples in the same shape (optional)")
-    parser.add_argument("--output_dir", required=True, help="folder for cold_start*.parquet, refusal_eval.parquet, rejects.jsonl")
     parser.add_argument("--general_ratio", type=float, default=DEFAULT_GENERAL_RATIO,
                         help=f"general samples per training refusal sample (default {DEFAULT_GENERAL_RATIO:g})")
     split = parser.add_mutually_exclusive_group()
@@ -444,9 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--val_ratio", type=float, default=None, help="fraction of refusal samples held out")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"split seed (default {DEFAULT_SEED})")
     parser.add_argument("--system_prompt", default=None, help="system message put first in every conversation")
-    parser.add_argument("--row_group_size", type=int, default=256, help="parquet rows per row group (default 256)")
-    add_image_args(parser)
-    add_run_args(parser)
+    add_common_args(parser, "cold_start*.parquet, refusal_eval.parquet, rejects.jsonl")
     return parser
 
 
@@ -462,12 +411,7 @@ def main(argv: list[str] | None = None) -> ColdStartSummary:
         val_ratio=args.val_ratio,
         seed=args.seed,
         system_prompt=args.system_prompt,
-        policy=policy_from_args(args),
-        image_root=args.image_root,
-        workers=args.workers,
-        chunk_size=args.chunk_size,
-        row_group_rows=args.row_group_size,
-        progress=not args.no_progress,
+        **common_options(args),
     )
     print(summary.paragraph())
     return summary

@@ -20,45 +20,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 from pydantic import ValidationError
 
 from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
-from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
+from am3_verl.data.conversion import (
+    Conversion,
+    Output,
+    add_common_args,
+    common_options,
+    duplicate_assignment,
+    duplicate_of,
+    planned_tasks,
+)
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
-from am3_verl.data.pipeline import (
-    IMAGE_TYPE,
-    MESSAGES_TYPE,
-    ParquetSink,
-    StagedOutputs,
-    prepare_output_dir,
-    RowBuilder,
-    RunCounts,
-    chunked,
-    default_workers,
-    drive,
-    ordered_map,
-    spool_dir,
-    warm_up_workers,
-)
+from am3_verl.data.pipeline import IMAGE_TYPE, MESSAGES_TYPE, RowBuilder, RunCounts
 from am3_verl.data.readers import RecordSource, normalise_image_entry, normalise_nulls, open_source, parse_payload
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
-from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import BENIGN, Dialogue
 
 AGENT_NAME = "am3_dialogue"
 DATA_SOURCE = "intersafe_v"
 TRAIN, VAL = "train", "val"
 OUTPUT_FILES = {TRAIN: "rl_train.parquet", VAL: "rl_val.parquet"}
-REJECTS_FILE = "rejects.jsonl"
 DEFAULT_VAL_RATIO = 0.05
 DEFAULT_SEED = 42
 
@@ -95,8 +86,7 @@ RL_SCHEMA = pa.schema(
     ]
 )
 """The columns of ``rl_train.parquet`` / ``rl_val.parquet`` (fixed order)."""
-
-_DUPLICATE = "duplicate:"
+OUTPUTS = {name: Output(filename, RL_SCHEMA) for name, filename in OUTPUT_FILES.items()}
 
 
 @dataclass(frozen=True)
@@ -105,7 +95,6 @@ class DialogueJob:
 
     base_dir: Path
     policy: ImagePolicy
-    spool_dir: str | None = None
     categories: tuple[str, ...] | None = None
     """``--categories``: the only categories accepted (``benign`` always is); None accepts any."""
 
@@ -140,8 +129,8 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
     if job.categories is not None and dialogue.category not in job.categories and dialogue.category != BENIGN:
         out.reject(Reject(position, dialogue.id, "category", f"category {dialogue.category!r} is not in --categories"))
         return
-    if assignment.startswith(_DUPLICATE):
-        first = assignment.removeprefix(_DUPLICATE)
+    first = duplicate_of(assignment)
+    if first is not None:
         out.reject(Reject(position, dialogue.id, "id", f"duplicate id: already used by record {first}"))
         return
     if assignment not in (TRAIN, VAL):
@@ -194,14 +183,6 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
     out.resized += resized
 
 
-def convert_chunk(job: DialogueJob, tasks: list[tuple[int, Any, str]]) -> Any:
-    """Worker entry: validate and convert one chunk of ``(position, payload, assignment)`` tasks."""
-    out = RowBuilder({TRAIN: RL_SCHEMA, VAL: RL_SCHEMA}, job.spool_dir)
-    for position, payload, assignment in tasks:
-        _convert_one(position, payload, assignment, job, out)
-    return out.result()
-
-
 @dataclass
 class SplitPlan:
     """The first pass's result: split per position, duplicate ids, categories."""
@@ -229,7 +210,7 @@ def plan_split(source: RecordSource, val_size: int | None, val_ratio: float | No
             continue
         categories[position] = category
         if record_id in first_seen:
-            assignment[position] = f"{_DUPLICATE}{first_seen[record_id]}"
+            assignment[position] = duplicate_assignment(first_seen[record_id])
             duplicates += 1
             continue
         first_seen[record_id] = position
@@ -298,56 +279,28 @@ def convert_intersafe_v(
     :class:`DataPrepError` for an unreadable input, an impossible split or an empty training set.
     The files are byte-for-byte identical for the same input, options and seed, whatever ``workers``.
     """
-    started = time.perf_counter()
     if val_size is None and val_ratio is None:
         val_ratio = DEFAULT_VAL_RATIO
     source = open_source(input_path, image_root)
-    out_dir = prepare_output_dir(output_dir)
-    n_workers = workers or default_workers()
-    warm_up_workers(n_workers)
-    plan = plan_split(source, val_size, val_ratio, seed)
+    with Conversion(output_dir, workers=workers, chunk_size=chunk_size, row_group_rows=row_group_rows, progress=progress) as run:
+        plan = plan_split(source, val_size, val_ratio, seed)
+        categories: dict[str, Counter] = {TRAIN: Counter(), VAL: Counter()}
 
-    def tasks() -> Iterator[tuple[int, Any, str]]:
-        for position, payload in source.payloads():
-            yield position, payload, plan.assignment.get(position, "unplanned")
+        def tally(position: int, name: str) -> None:
+            if name in categories:
+                categories[name][plan.categories[position]] += 1
 
-    categories: dict[str, Counter] = {TRAIN: Counter(), VAL: Counter()}
-
-    def tally(position: int, name: str) -> None:
-        if name in categories:
-            categories[name][plan.categories[position]] += 1
-
-    staged = StagedOutputs(out_dir)
-    try:
-        sinks = {name: ParquetSink(staged.stage(filename), RL_SCHEMA, row_group_rows) for name, filename in OUTPUT_FILES.items()}
-        rejects = RejectWriter(staged.stage(REJECTS_FILE))
-        bar = progress_bar(plan.n_records, "intersafe_v", progress)
-        try:
-            with spool_dir(out_dir, n_workers) as spool:
-                job = DialogueJob(source.base_dir, policy, spool, allowed_categories)
-                results = ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers)
-                counts = drive(results, sinks, rejects, bar, tally)
-        finally:
-            bar.close()
-            rejects.close()
-            for sink in sinks.values():
-                sink.close()
-        counts.check()
-        summary = IntersafeSummary(
-            Path(input_path), out_dir, counts, seed, plan.n_val, categories, dict(rejects.by_field), n_workers,
-            time.perf_counter() - started,
-        )
+        rejects = run.open(OUTPUTS)
+        counts = run.convert(_convert_one, DialogueJob(source.base_dir, policy, allowed_categories),
+                             planned_tasks(source, plan.assignment), total=plan.n_records, desc="intersafe_v", on_outcome=tally)
         if counts.written.get(TRAIN, 0) == 0:
-            staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
-            raise DataPrepError(
-                f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; see {out_dir / REJECTS_FILE})"
-            )
-        staged.stage(CARD_FILE).write_text(render_card(_card(summary, val_size, val_ratio, policy, allowed_categories)),
-                                           encoding="utf-8")
-        staged.commit()
-    finally:
-        staged.discard()
-    return summary
+            raise run.fail(f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; "
+                           f"see {run.out_dir / REJECTS_FILE})")
+        summary = IntersafeSummary(Path(input_path), run.out_dir, counts, seed, plan.n_val, categories, dict(rejects.by_field),
+                                   run.workers, run.seconds)
+        run.write_text(CARD_FILE, render_card(_card(summary, val_size, val_ratio, policy, allowed_categories)))
+        run.commit()
+        return summary
 
 
 def _card(summary: IntersafeSummary, val_size: int | None, val_ratio: float | None, policy: ImagePolicy,
@@ -379,18 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert InterSafe-V dialogues (JSONL, parquet or a saved datasets folder) to verl RL parquet."
     )
     parser.add_argument("--input", required=True, help="dialogues: .jsonl, .json, .parquet or a datasets folder")
-    parser.add_argument("--output_dir", required=True, help="folder for rl_train.parquet, rl_val.parquet, rejects.jsonl")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--val_size", type=int, default=None, help="number of validation dialogues")
     split.add_argument("--val_ratio", type=float, default=None,
                        help=f"fraction of dialogues for validation (default {DEFAULT_VAL_RATIO})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"split seed (default {DEFAULT_SEED})")
-    parser.add_argument("--row_group_size", type=int, default=256, help="parquet rows per row group (default 256)")
     parser.add_argument("--categories", default=None,
                         help="comma-separated list of the only harm categories accepted (benign always is); default: any "
                              "non-empty label (the category distribution is printed)")
-    add_image_args(parser)
-    add_run_args(parser)
+    add_common_args(parser, "rl_train.parquet, rl_val.parquet, rejects.jsonl")
     return parser
 
 
@@ -403,13 +353,8 @@ def main(argv: list[str] | None = None) -> IntersafeSummary:
         val_size=args.val_size,
         val_ratio=args.val_ratio,
         seed=args.seed,
-        policy=policy_from_args(args),
-        image_root=args.image_root,
-        workers=args.workers,
-        chunk_size=args.chunk_size,
-        row_group_rows=args.row_group_size,
-        progress=not args.no_progress,
         allowed_categories=tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else None,
+        **common_options(args),
     )
     print(summary.paragraph())
     return summary

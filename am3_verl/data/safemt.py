@@ -20,42 +20,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Literal, Union
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
-from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
+from am3_verl.data.conversion import (
+    Conversion,
+    Output,
+    add_common_args,
+    common_options,
+    duplicate_assignment,
+    duplicate_of,
+    planned_tasks,
+)
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
-from am3_verl.data.pipeline import (
-    IMAGE_TYPE,
-    MESSAGES_TYPE,
-    ParquetSink,
-    StagedOutputs,
-    prepare_output_dir,
-    RowBuilder,
-    RunCounts,
-    chunked,
-    default_workers,
-    drive,
-    ordered_map,
-    spool_dir,
-    warm_up_workers,
-)
+from am3_verl.data.pipeline import IMAGE_TYPE, MESSAGES_TYPE, ChunkResult, RowBuilder, RunCounts
 from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
-from am3_verl.data.validate import RECORD_FIELD, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, ImageBytes
 
 DATA_SOURCE = "safemt"
 EVAL_AGENT_NAME = "single_turn_agent"
 OUTPUT_FILE = "safemt.parquet"
-REJECTS_FILE = "rejects.jsonl"
 EVAL = "eval"
 
 SAFEMT_SCHEMA = pa.schema(
@@ -86,6 +77,7 @@ SAFEMT_SCHEMA = pa.schema(
     ]
 )
 """Columns of ``safemt.parquet`` (fixed order)."""
+OUTPUTS = {EVAL: Output(OUTPUT_FILE, SAFEMT_SCHEMA)}
 
 
 class SafeMTMessage(BaseModel):
@@ -153,7 +145,6 @@ class SafeMTJob:
 
     base_dir: Path
     policy: ImagePolicy
-    spool_dir: str | None = None
 
 
 def _prompt(item: SafeMTItem) -> list[dict[str, str]]:
@@ -178,8 +169,9 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
     except ValidationError as exc:
         out.reject(reject_from_validation_error(position, record_id, exc))
         return
-    if assignment != EVAL:
-        out.reject(Reject(position, item.id, "id", f"duplicate id: already used by record {assignment}"))
+    first = duplicate_of(assignment)
+    if first is not None:
+        out.reject(Reject(position, item.id, "id", f"duplicate id: already used by record {first}"))
         return
     prompt = _prompt(item)
     entries = item.image_entries
@@ -222,14 +214,6 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
     })
 
 
-def convert_chunk(job: SafeMTJob, tasks: list[tuple[int, Any, str]]) -> Any:
-    """Worker entry: validate and convert one chunk of ``(position, payload, assignment)`` tasks."""
-    out = RowBuilder({EVAL: SAFEMT_SCHEMA}, job.spool_dir)
-    for position, payload, assignment in tasks:
-        _convert_one(position, payload, assignment, job, out)
-    return out.result()
-
-
 def _plan(source: RecordSource) -> tuple[dict[int, str], int]:
     assignment: dict[int, str] = {}
     first_seen: dict[str, int] = {}
@@ -242,7 +226,7 @@ def _plan(source: RecordSource) -> tuple[dict[int, str], int]:
             continue
         record_id = str(raw)
         if record_id in first_seen:
-            assignment[position] = str(first_seen[record_id])
+            assignment[position] = duplicate_assignment(first_seen[record_id])
         else:
             first_seen[record_id] = position
             assignment[position] = EVAL
@@ -287,55 +271,29 @@ def convert_safemt(
     progress: bool = True,
 ) -> SafeMTSummary:
     """Write ``safemt.parquet`` and ``rejects.jsonl``; raises :class:`DataPrepError` on unreadable or empty input."""
-    started = time.perf_counter()
     source = open_source(input_path, image_root)
-    out_dir = prepare_output_dir(output_dir)
-    n_workers = workers or default_workers()
-    warm_up_workers(n_workers)
-    assignment, n_records = _plan(source)
-
-    def tasks() -> Iterator[tuple[int, Any, str]]:
-        for position, payload in source.payloads():
-            yield position, payload, assignment[position]
-
-    staged = StagedOutputs(out_dir)
-    try:
-        sink = ParquetSink(staged.stage(OUTPUT_FILE), SAFEMT_SCHEMA, row_group_rows)
-        rejects = RejectWriter(staged.stage(REJECTS_FILE))
-        bar = progress_bar(n_records, "safemt", progress)
+    with Conversion(output_dir, workers=workers, chunk_size=chunk_size, row_group_rows=row_group_rows, progress=progress) as run:
+        assignment, n_records = _plan(source)
         rounds: dict[int, int] = {}
         scenarios: dict[str, int] = {}
-        try:
-            counts = RunCounts()
-            with spool_dir(out_dir, n_workers) as spool:
-                job = SafeMTJob(source.base_dir, policy, spool)
-                for result in ordered_map(partial(convert_chunk, job), chunked(tasks(), chunk_size), n_workers):
-                    batch = result.load_batches().get(EVAL)
-                    if batch is not None:
-                        for n in batch.column("num_rounds").to_pylist():
-                            rounds[n] = rounds.get(n, 0) + 1
-                        for s in batch.column("scenario").to_pylist():
-                            scenarios[s] = scenarios.get(s, 0) + 1
-                    part = drive([result], {EVAL: sink}, rejects, bar)
-                    counts.read += part.read
-                    counts.rejected += part.rejected
-                    counts.written[EVAL] = counts.written.get(EVAL, 0) + part.written.get(EVAL, 0)
-                    counts.images += part.images
-                    counts.resized += part.resized
-        finally:
-            bar.close()
-            rejects.close()
-            sink.close()
-        counts.check()
+
+        def tally(result: ChunkResult) -> None:
+            batch = result.batches.get(EVAL)
+            if batch is not None:
+                for n in batch.column("num_rounds").to_pylist():
+                    rounds[n] = rounds.get(n, 0) + 1
+                for name in batch.column("scenario").to_pylist():
+                    scenarios[name] = scenarios.get(name, 0) + 1
+
+        run.open(OUTPUTS)
+        counts = run.convert(_convert_one, SafeMTJob(source.base_dir, policy), planned_tasks(source, assignment),
+                             total=n_records, desc="safemt", on_chunk=tally)
         if counts.written.get(EVAL, 0) == 0:
-            staged.commit([REJECTS_FILE])  # the rejects say why; no data file is written
-            raise DataPrepError(f"no SafeMT item was written ({counts.rejected} of {counts.read} rejected; see {out_dir / REJECTS_FILE})")
-        summary = SafeMTSummary(Path(input_path), out_dir, counts, rounds, scenarios, time.perf_counter() - started, n_workers)
-        staged.stage(CARD_FILE).write_text(render_card(_card(summary, policy)), encoding="utf-8")
-        staged.commit()
-    finally:
-        staged.discard()
-    return summary
+            raise run.fail(f"no SafeMT item was written ({counts.rejected} of {counts.read} rejected; see {run.out_dir / REJECTS_FILE})")
+        summary = SafeMTSummary(Path(input_path), run.out_dir, counts, rounds, scenarios, run.seconds, run.workers)
+        run.write_text(CARD_FILE, render_card(_card(summary, policy)))
+        run.commit()
+        return summary
 
 
 def _card(summary: "SafeMTSummary", policy: ImagePolicy) -> DatasetCard:
@@ -363,25 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``data_prep/safemt.py`` argument parser."""
     parser = argparse.ArgumentParser(description="Convert SafeMT (public JSON) to an evaluation parquet.")
     parser.add_argument("--input", required=True, help="SafeMT items: .json (array), .jsonl, .parquet or a datasets folder")
-    parser.add_argument("--output_dir", required=True, help="folder for safemt.parquet and rejects.jsonl")
-    parser.add_argument("--row_group_size", type=int, default=256, help="parquet rows per row group (default 256)")
-    add_image_args(parser)
-    add_run_args(parser)
+    add_common_args(parser, "safemt.parquet and rejects.jsonl")
     return parser
 
 
 def main(argv: list[str] | None = None) -> SafeMTSummary:
     """Command line entry; prints the summary paragraph."""
     args = build_parser().parse_args(argv)
-    summary = convert_safemt(
-        args.input,
-        args.output_dir,
-        policy=policy_from_args(args),
-        image_root=args.image_root,
-        workers=args.workers,
-        chunk_size=args.chunk_size,
-        row_group_rows=args.row_group_size,
-        progress=not args.no_progress,
-    )
+    summary = convert_safemt(args.input, args.output_dir, **common_options(args))
     print(summary.paragraph())
     return summary

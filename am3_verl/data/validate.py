@@ -17,6 +17,8 @@ from pydantic import ValidationError
 
 # Location elements pydantic adds for the branches of a union (``str | ImageBytes``); not field names.
 _UNION_TAGS = {"str", "int", "ImageBytes", "list[str]"}
+REJECTS_FILE = "rejects.jsonl"
+"""The file every data command (converters, builders) and the evaluation writes its rejected records to."""
 RECORD_FIELD = "<record>"
 """The ``field`` of a reject that concerns the whole record (not JSON, not an object)."""
 

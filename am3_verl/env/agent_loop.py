@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import Any, Optional
 from uuid import uuid4
 
+from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics
 from verl.utils.profiler import simple_timer
 
@@ -132,6 +133,16 @@ def _first_user_turn(messages: list[dict[str, Any]]) -> UserTurn:
     return UserTurn(text="".join(parts), images=images)
 
 
+def plain_mapping(value: Any) -> dict[str, Any]:
+    """A YAML section (omegaconf ``DictConfig``, dict or None) as plain nested dicts, for pydantic to validate."""
+    if value is None:
+        return {}
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)  # type: ignore[return-value]
+    return dict(value)
+
+
+
 class DialogueAgentLoop(AgentLoopBase):
     """Plays whole dialogues for GRPO rollouts (see the module docstring for the contract).
 
@@ -167,7 +178,7 @@ class DialogueAgentLoop(AgentLoopBase):
         self.max_turns = max_turns
         self.max_reply_tokens = max_reply_tokens
         self.response_length = self.rollout_config.response_length
-        self.simulator_config = SimulatorConfig(**dict(simulator or {}))
+        self.simulator_config = SimulatorConfig.model_validate(plain_mapping(simulator))
         self.simulator = SimulatedUser(self.simulator_config) if user_source != "replay" else None
         self.end_of_turn_ids = self._end_of_turn_ids()
         pad = self.tokenizer.pad_token_id

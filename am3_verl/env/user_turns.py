@@ -14,14 +14,17 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
-from am3_verl.dialogue import IMAGE_PLACEHOLDER
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.clients.images import image_data_url
+from am3_verl.dialogue import IMAGE_PLACEHOLDER
 
 UserSourceName = Literal["replay", "simulate", "hybrid"]
+BASE_URL_ENV, MODEL_ENV, API_KEY_ENV = "AM3_SIMULATOR_BASE_URL", "AM3_SIMULATOR_MODEL", "AM3_SIMULATOR_API_KEY"
 
 DEFAULT_SIMULATOR_PROMPT = (
     "You are role-playing the user in a red-teaming conversation with an AI assistant, to test whether "
@@ -85,35 +88,33 @@ def scripted_turns(raw_turns: Any, dialogue_id: str) -> list[UserTurn]:
     return turns
 
 
-@dataclass
-class SimulatorConfig:
+class SimulatorConfig(BaseModel):
     """The simulated user's endpoint and prompt (agent-loop YAML key ``simulator``)."""
 
-    base_url: Optional[str] = None
-    """OpenAI-compatible root with ``/v1``; default: environment variable ``AM3_SIMULATOR_BASE_URL``."""
-    model: Optional[str] = None
-    """Model name; default: ``AM3_SIMULATOR_MODEL``."""
-    api_key_env: str = "AM3_SIMULATOR_API_KEY"
-    """Name of the environment variable holding the API key (the key itself never sits in a config)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: Optional[EndpointConfig] = None
+    """The simulator's endpoint; None: ``AM3_SIMULATOR_BASE_URL`` and ``AM3_SIMULATOR_MODEL`` (key in
+    ``AM3_SIMULATOR_API_KEY`` when set) with :class:`EndpointConfig`'s defaults for the rest."""
     system_prompt: str = DEFAULT_SIMULATOR_PROMPT
     goal: Optional[str] = None
     """Fixed goal for ``{goal}``; default: from the row's ``extra_info`` (``goal``, else the category)."""
-    temperature: float = 1.0
-    max_tokens: int = 256
-    timeout_s: float = 60.0
-    max_attempts: int = 2
-    max_concurrency: int = 64
+    temperature: float = Field(1.0, ge=0)
+    max_tokens: int = Field(256, ge=1)
     include_images: bool = True
     """Send the dialogue's user images to the simulator as data URLs."""
 
-    def resolved_base_url(self) -> str:
-        url = self.base_url or os.environ.get("AM3_SIMULATOR_BASE_URL")
-        if not url:
-            raise ValueError("simulator needs simulator.base_url or the AM3_SIMULATOR_BASE_URL environment variable")
-        return url
-
-    def resolved_model(self) -> str:
-        return self.model or os.environ.get("AM3_SIMULATOR_MODEL") or "simulator"
+    def resolved_endpoint(self, environ: Optional[Mapping[str, str]] = None) -> EndpointConfig:
+        """``endpoint``, or the one the ``AM3_SIMULATOR_*`` variables name; ``ValueError`` when neither is given."""
+        if self.endpoint is not None:
+            return self.endpoint
+        environ = os.environ if environ is None else environ
+        missing = [var for var in (BASE_URL_ENV, MODEL_ENV) if not environ.get(var)]
+        if missing:
+            raise ValueError(f"the simulator needs simulator.endpoint (base_url, model) or the {' and '.join(missing)} "
+                             "environment variable(s)")
+        return EndpointConfig(base_url=environ[BASE_URL_ENV], model=environ[MODEL_ENV],
+                              api_key_env=API_KEY_ENV if environ.get(API_KEY_ENV) else None)
 
 
 def simulator_messages(
@@ -141,20 +142,10 @@ class SimulatedUser:
     """Asks an OpenAI-compatible model for the next user turn (text only, no new images)."""
 
     def __init__(self, config: SimulatorConfig):
-        from am3_verl.clients.chat import ChatClient, ChatClientConfig
+        from am3_verl.clients.chat import ChatClient
 
         self.config = config
-        self.client = ChatClient(
-            ChatClientConfig(
-                base_url=config.resolved_base_url(),
-                model=config.resolved_model(),
-                api_key=os.environ.get(config.api_key_env),
-                timeout_s=config.timeout_s,
-                max_attempts=config.max_attempts,
-                max_concurrency=config.max_concurrency,
-                concurrency_group="am3-simulator",
-            )
-        )
+        self.client = ChatClient(config.resolved_endpoint())
 
     async def next_turn(self, goal: str, history: list[tuple[UserTurn, str]]) -> UserTurn:
         """The next user message; raises :class:`SimulatorFailed` if the endpoint gives none."""

@@ -29,7 +29,8 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.clients.images import image_data_url
 
 API_KEY_ENV = "AM3_EVAL_API_KEY"
@@ -109,39 +110,18 @@ def openai_content(message: Message) -> str | list[dict[str, Any]]:
 class OpenAIModel:
     """The model behind an OpenAI-compatible chat endpoint."""
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        params: GenerationParams,
-        *,
-        api_key: str | None = None,
-        timeout_s: float = 300.0,
-        max_attempts: int = 4,
-        max_concurrency: int = 64,
-    ) -> None:
-        self.model = model
+    def __init__(self, endpoint: EndpointConfig, params: GenerationParams) -> None:
+        self.model = endpoint.model
         self.params = params
-        self.client = ChatClient(
-            ChatClientConfig(
-                base_url=base_url,
-                model=model,
-                api_key=api_key,
-                timeout_s=timeout_s,
-                max_attempts=max_attempts,
-                max_concurrency=max_concurrency,
-                concurrency_group=f"am3-eval-model:{max_concurrency}",
-                retry_parse_errors=False,
-            )
-        )
-        self.identity = f"openai:{model}:{_params_id(params)}"
+        self.client = ChatClient(endpoint, retry_parse_errors=False)
+        self.identity = f"openai:{endpoint.model}:{_params_id(params)}"
         self._body: dict[str, Any] = {"temperature": params.temperature, "max_tokens": params.max_tokens, "top_p": params.top_p}
         if params.seed is not None:
             self._body["seed"] = params.seed
 
     def describe(self) -> str:
         """See :class:`ModelBackend`."""
-        return f"{self.model} at {self.client.config.base_url}"
+        return self.client.endpoint.describe()
 
     async def generate(self, messages: list[Message]) -> Reply:
         """See :class:`ModelBackend`."""
@@ -233,17 +213,21 @@ def open_model(
     params: GenerationParams,
     *,
     model_name: str | None = None,
-    timeout_s: float = 300.0,
-    max_attempts: int = 4,
-    max_concurrency: int = 64,
+    timeout_s: float | None = None,
+    max_attempts: int | None = None,
+    max_concurrency: int | None = None,
 ) -> ModelBackend:
-    """``spec`` is an ``http(s)://.../v1`` endpoint or a local model folder; raises ``ValueError`` otherwise."""
+    """``spec`` is an ``http(s)://.../v1`` endpoint or a local model folder; raises ``ValueError`` otherwise.
+
+    For an endpoint, the settings left None take :class:`EndpointConfig`'s defaults; its key, if any, is
+    read from ``AM3_EVAL_API_KEY``."""
     if spec.startswith(("http://", "https://")):
         api_key = os.environ.get(API_KEY_ENV) or None
         name = model_name or discover_model_name(spec, api_key)
-        return OpenAIModel(
-            spec, name, params, api_key=api_key, timeout_s=timeout_s, max_attempts=max_attempts, max_concurrency=max_concurrency
-        )
+        settings = {"timeout_s": timeout_s, "max_attempts": max_attempts, "max_concurrency": max_concurrency}
+        endpoint = EndpointConfig(base_url=spec, model=name, api_key_env=API_KEY_ENV if api_key else None,
+                                  **{k: v for k, v in settings.items() if v is not None})
+        return OpenAIModel(endpoint, params)
     path = Path(spec)
     if not path.is_dir():
         raise ValueError(f"--model {spec!r} is neither an http(s):// endpoint nor a model folder")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from am3_verl.clients.endpoint import DEFAULT_TIMEOUT_S
 from am3_verl.eval.backends import GenerationParams
 
 JUDGE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
@@ -20,7 +21,7 @@ JUDGE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("helpfulness_backend", "helpfulness_backend", str, "helpfulness judge paired with a guard: openai | heuristic"),
     ("unsafe_threshold", "unsafe_threshold", float, "a turn is unsafe when harmless < this (default 0.5)"),
     ("judge_concurrency", "max_concurrency", int, "judge requests on the wire at once (default 256)"),
-    ("judge_timeout_s", "timeout_s", float, "per-attempt judge timeout in seconds (default 120)"),
+    ("judge_timeout_s", "timeout_s", float, f"per-attempt judge timeout in seconds (default {DEFAULT_TIMEOUT_S:g})"),
     ("judge_max_attempts", "max_attempts", int, "attempts per judge call (default 4)"),
 )
 
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max_turns", type=int, default=None, help="interactive mode: answer at most this many turns per item")
     run.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     run.add_argument("--concurrency", type=int, default=32, help="items in flight at once (default 32)")
-    run.add_argument("--model_timeout_s", type=float, default=300.0, help="per-attempt model timeout in seconds (default 300)")
-    run.add_argument("--model_max_attempts", type=int, default=4, help="attempts per model call (default 4)")
+    run.add_argument("--model_timeout_s", type=float, default=None,
+                     help=f"per-attempt model timeout in seconds (default {DEFAULT_TIMEOUT_S:g})")
+    run.add_argument("--model_max_attempts", type=int, default=None, help="attempts per model call (default 4)")
     run.add_argument("--baseline", type=Path, default=None, help="a results folder to compare against (win rates)")
     run.add_argument("--max_failure_rate", type=float, default=0.05,
                      help="exit 1 when more than this share of model calls or of judge calls failed (default 0.05); "
@@ -157,15 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)  # fmt: skip
                 return 1
         elif args.command == "general":
-            import os
-
             from am3_verl.eval.general import GeneralConfig, run_general
 
             summary = run_general(GeneralConfig(
                 data=args.data, output_dir=args.output_dir, model=args.model, grader=args.grader, model_name=args.model_name,
                 params=GenerationParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed),
                 judge_base_url=args.judge_base_url, judge_model=args.judge_model,
-                judge_api_key=os.environ.get("AM3_JUDGE_API_KEY") or None, baseline=args.baseline, safety=args.safety,
+                baseline=args.baseline, safety=args.safety,
                 concurrency=args.concurrency, n_resamples=args.bootstrap, seed=args.seed,
             ))
             print(summary.table, end="")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import math
 import re
 import string
@@ -53,7 +54,9 @@ from typing import Any
 import numpy as np
 
 from am3_verl.atomic import write_text_atomic
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig
+from am3_verl.judges.config import ENV as JUDGE_ENV
 from am3_verl.clients.images import sniff_mime
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
 from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
@@ -97,6 +100,10 @@ def parse_grade(content: str) -> bool:
     if word not in ("correct", "incorrect"):
         raise ValueError(f"grader answered {content[:100]!r}, not 'correct' or 'incorrect'")
     return word == "correct"
+
+
+JUDGE_API_KEY_ENV = JUDGE_ENV["api_key"]
+"""The grader's API key is read from the judge's variable (``AM3_JUDGE_API_KEY``)."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,6 @@ class GeneralConfig:
     params: GenerationParams = field(default_factory=GenerationParams)
     judge_base_url: str | None = None
     judge_model: str | None = None
-    judge_api_key: str | None = field(default=None, repr=False)
     baseline: Path | None = None
     safety: Path | None = None
     concurrency: int = 16
@@ -395,9 +401,9 @@ def run_general(config: GeneralConfig) -> GeneralSummary:
                        max_attempts=config.max_attempts, max_concurrency=config.concurrency)
     grader = None
     if config.grader == "judge" and free_form:
-        grader = ChatClient(ChatClientConfig(base_url=config.judge_base_url, model=config.judge_model, api_key=config.judge_api_key,
-                                             timeout_s=config.timeout_s, max_attempts=config.max_attempts,
-                                             max_concurrency=config.concurrency, concurrency_group="am3-eval-general"))
+        grader = ChatClient(EndpointConfig(base_url=config.judge_base_url, model=config.judge_model, api_key_env=JUDGE_API_KEY_ENV if os.environ.get(JUDGE_API_KEY_ENV) else None,
+                                           timeout_s=config.timeout_s, max_attempts=config.max_attempts,
+                                           max_concurrency=config.concurrency))
     samples = asyncio.run(_answer_all(model, grader, items, config.concurrency))
     results: dict[str, Any] = {"results": {}, "n-samples": {}, "versions": {}, "higher_is_better": {}}
     for task in tasks:

@@ -13,7 +13,7 @@ Accepted row forms (one file may hold any mix; several files may be given):
 
 What an item is about comes from a small adapter per ``data_source`` (:data:`ADAPTERS`): its category
 and whether it is a harmful request (benign items measure over-refusal). A row of another data source
-must carry ``extra_info.category`` and ``extra_info.harmful``. Every bad row becomes a :class:`Reject`
+must carry ``extra_info.category`` and ``extra_info.harmful``. Every bad row becomes a :class:`UnevaluableRow`
 naming the file, row, id and field; nothing is dropped silently.
 """
 
@@ -65,8 +65,10 @@ class EvalItem:
 
 
 @dataclass(frozen=True)
-class Reject:
-    """A row that cannot be evaluated."""
+class UnevaluableRow:
+    """An evaluation-parquet row that cannot be evaluated (one line of the run's ``rejects.jsonl``).
+
+    Not :class:`am3_verl.data.validate.Reject`: that is an input record a converter did not convert."""
 
     file: str
     row: int
@@ -276,7 +278,7 @@ class LoadedItems:
     """The items of every input file, in order, and the rejected rows."""
 
     items: list[EvalItem]
-    rejects: list[Reject]
+    rejects: list[UnevaluableRow]
     read: int
 
     def check_counts(self) -> None:
@@ -291,7 +293,7 @@ def load_items(paths: list[str | Path], limit: int | None = None) -> LoadedItems
     Raises ``FileNotFoundError`` / ``ValueError`` for a missing or unreadable file.
     """
     items: list[EvalItem] = []
-    rejects: list[Reject] = []
+    rejects: list[UnevaluableRow] = []
     uids: dict[str, str] = {}
     read = 0
     for raw_path in paths:
@@ -308,10 +310,10 @@ def load_items(paths: list[str | Path], limit: int | None = None) -> LoadedItems
                 try:
                     item = item_from_row(row, f"{path}:{position}")
                 except RowError as exc:
-                    rejects.append(Reject(str(path), position, None if ident is None else str(ident), exc.field, str(exc)))
+                    rejects.append(UnevaluableRow(str(path), position, None if ident is None else str(ident), exc.field, str(exc)))
                     continue
                 if item.uid in uids:
-                    rejects.append(Reject(str(path), position, item.id, "id", f"duplicate: {item.uid} is already {uids[item.uid]}"))
+                    rejects.append(UnevaluableRow(str(path), position, item.id, "id", f"duplicate: {item.uid} is already {uids[item.uid]}"))
                     continue
                 uids[item.uid] = item.origin
                 items.append(item)
@@ -324,7 +326,7 @@ def load_items(paths: list[str | Path], limit: int | None = None) -> LoadedItems
     return loaded
 
 
-def write_rejects(path: Path, rejects: list[Reject]) -> None:
+def write_rejects(path: Path, rejects: list[UnevaluableRow]) -> None:
     """Write ``rejects.jsonl`` (always written, empty when nothing was rejected)."""
     with path.open("w", encoding="utf-8") as fh:
         for reject in rejects:

@@ -55,7 +55,6 @@ IMAGES_DIR = "images"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 PAIRWISE_FILE = "pairwise.jsonl"
-REJECTS_FILE = "rejects.jsonl"
 CACHE_DIR = "cache"
 
 Mode = Literal["prefilled", "interactive"]

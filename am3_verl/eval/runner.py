@@ -37,9 +37,10 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from am3_verl.data.validate import REJECTS_FILE
 from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
 from am3_verl.eval.cache import JsonlCache, cache_key
-from am3_verl.eval.items import EvalItem, Reject, load_items, write_rejects
+from am3_verl.eval.items import EvalItem, UnevaluableRow, load_items, write_rejects
 from am3_verl.eval.safemt_protocol import (
     PROTOCOLS,
     SAFEMT_TEMPERATURE,
@@ -52,7 +53,6 @@ from am3_verl.eval.safemt_protocol import (
 )
 from am3_verl.eval.results import (
     CACHE_DIR,
-    REJECTS_FILE,
     ResultItem,
     ResultTurn,
     Verdict,
@@ -62,7 +62,7 @@ from am3_verl.eval.results import (
 )
 from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, write_pairwise
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
 from am3_verl.judges.config import JudgeConfig, build_judge, resolve_judge_config
 
 RUN_FILE = "run.json"
@@ -97,8 +97,9 @@ class RunConfig:
     """Evaluate only the first ``limit`` rows (over all files)."""
     concurrency: int = 32
     """Items in flight at once."""
-    model_timeout_s: float = 300.0
-    model_max_attempts: int = 4
+    model_timeout_s: float | None = None
+    """Per-attempt model timeout (None: :class:`~am3_verl.clients.endpoint.EndpointConfig`'s default)."""
+    model_max_attempts: int | None = None
     baseline: Path | None = None
     """A results folder to compare with (win rates)."""
     title: str | None = None
@@ -122,7 +123,8 @@ def judge_identity(config: JudgeConfig) -> str:
     rubric = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
     parts = [config.backend]
     if config.backend != "heuristic":
-        parts += [f"model={config.model}", f"guard={config.guard_model}", f"helpful={config.helpfulness_backend}",
+        judge, guard = (endpoint.model if endpoint else None for endpoint in (config.judge, config.guard))
+        parts += [f"model={judge}", f"guard={guard}", f"helpful={config.helpfulness_backend}",
                   f"rubric={rubric}", f"t={config.temperature}", f"controversial={config.controversial_harmless}"]
     return "|".join(parts)
 
@@ -325,22 +327,6 @@ async def _run_items(ctx: _Context, work: list[tuple[EvalItem, str]], concurrenc
             await ctx.safemt.aclose()
 
 
-def _judge_client(config: JudgeConfig, group: str) -> ChatClient:
-    return ChatClient(
-        ChatClientConfig(
-            base_url=config.base_url,
-            model=config.model,
-            api_key=config.api_key,
-            timeout_s=config.timeout_s,
-            max_attempts=config.max_attempts,
-            backoff_initial_s=config.backoff_initial_s,
-            backoff_max_s=config.backoff_max_s,
-            max_concurrency=config.max_concurrency,
-            concurrency_group=f"{group}:{config.max_concurrency}",
-        )
-    )
-
-
 def _safemt_judge(config: RunConfig, judge_config: JudgeConfig):
     """SafeMT's templates when ``config`` asks for its protocol (checked up front), else None."""
     if config.judge_protocol not in PROTOCOLS:
@@ -352,29 +338,17 @@ def _safemt_judge(config: RunConfig, judge_config: JudgeConfig):
     if config.safemt_prompts is None:
         raise ValueError("--judge_protocol safemt needs --safemt_prompts: the path of SafeMT's evaluation/prompt.py "
                          "(from a checkout of https://github.com/Happy-Corpse/SafeMT)")
-    if not (judge_config.base_url and judge_config.model):
+    if judge_config.judge is None:
         raise ValueError("--judge_protocol safemt asks a judge model: set --judge_base_url and --judge_model "
                          "(SafeMT used gpt-4o-mini)")
     return load_templates(config.safemt_prompts)
 
 
 def make_pairwise_comparator(config: JudgeConfig) -> JudgePairwise | None:
-    """A judge-backed comparator when the judge config names an endpoint (base_url + model), else None."""
-    if not (config.base_url and config.model):
+    """A judge-backed comparator when the judge config names a judge endpoint (base_url + model), else None."""
+    if config.judge is None:
         return None
-    client = ChatClient(
-        ChatClientConfig(
-            base_url=config.base_url,
-            model=config.model,
-            api_key=config.api_key,
-            timeout_s=config.timeout_s,
-            max_attempts=config.max_attempts,
-            backoff_initial_s=config.backoff_initial_s,
-            backoff_max_s=config.backoff_max_s,
-            max_concurrency=config.max_concurrency,
-            concurrency_group=f"am3-eval-pairwise:{config.max_concurrency}",
-        )
-    )
+    client = ChatClient(config.judge)
     return JudgePairwise(client, temperature=config.temperature, max_tokens=config.max_tokens,
                          structured_output=config.structured_output)
 
@@ -492,7 +466,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
     judge_config = resolve_judge_config(config.judge)
     safemt = _safemt_judge(config, judge_config)
     loaded = load_items(config.data, limit=config.limit)
-    rejects: list[Reject] = list(loaded.rejects)
+    rejects: list[UnevaluableRow] = list(loaded.rejects)
     work: list[tuple[EvalItem, str]] = []
     for item in loaded.items:
         mode = resolve_mode(item, config.mode)
@@ -500,7 +474,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
         if problem:
             field_name, reason = problem.split(": ", 1)
             file, _, row = item.origin.rpartition(":")
-            rejects.append(Reject(file, int(row), item.id, field_name, reason))
+            rejects.append(UnevaluableRow(file, int(row), item.id, field_name, reason))
         else:
             work.append((item, mode))
     write_rejects(out / REJECTS_FILE, rejects)
@@ -510,7 +484,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
                        max_attempts=config.model_max_attempts, max_concurrency=max(config.concurrency, 1))
     judge = build_judge(judge_config)
     if safemt is not None:
-        safemt = SafeMTJudge(_judge_client(judge_config, "am3-eval-safemt"), safemt, temperature=config.safemt_temperature)
+        safemt = SafeMTJudge(ChatClient(judge_config.judge), safemt, temperature=config.safemt_temperature)
     cache_dir = out / CACHE_DIR
     with JsonlCache(cache_dir / ANSWERS_CACHE) as answers, JsonlCache(cache_dir / JUDGMENTS_CACHE) as judgments:
         ctx = _Context(model, judge, judge_identity(judge_config), answers, judgments, out, config.system_prompt, config.max_turns,
@@ -535,7 +509,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
         "judge_protocol": config.judge_protocol,
         "judge_protocol_description": protocol_description(config.judge_protocol, safemt.templates if safemt else None),
         **({"safemt": {"prompts": str(safemt.templates.path), "prompts_sha256": safemt.templates.sha256,
-                       "judge_model": judge_config.model, "temperature": safemt.temperature,
+                       "judge_model": judge_config.judge.model, "temperature": safemt.temperature,
                        "upstream": "Happy-Corpse/SafeMT evaluation code (commit 94e92e1f)"}} if safemt else {}),
         "rows_read": loaded.read,
         "rejected": len(rejects),

@@ -196,7 +196,7 @@ class SafeMTJudge:
     @property
     def identity(self) -> str:
         """What decides a label besides the prompt: judge model, templates and temperature (for cache keys)."""
-        return f"safemt|model={self.client.config.model}|templates={self.templates.sha256}|t={self.temperature}"
+        return f"safemt|model={self.client.endpoint.model}|templates={self.templates.sha256}|t={self.temperature}"
 
     async def ask(self, request: SafeMTRequest) -> ChatResult:
         """One text-only call (retried on transport errors); ``content`` is the label as answered."""

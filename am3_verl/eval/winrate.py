@@ -158,7 +158,7 @@ class JudgePairwise:
                 "type": "json_schema",
                 "json_schema": {"name": "am3_pair_verdict", "schema": PAIR_VERDICT_SCHEMA, "strict": True},
             }
-        self.identity = f"judge:{client.config.model}:{PROMPT_VERSION}:t={temperature}"
+        self.identity = f"judge:{client.endpoint.model}:{PROMPT_VERSION}:t={temperature}"
 
     async def judge_order(self, task: PairTask, model_is_a: bool) -> tuple[PairVerdict | None, str | None]:
         """One ordered comparison: ``(verdict, None)`` or ``(None, error)``."""

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
-from am3_verl.clients.chat import per_loop
+from am3_verl.clients.endpoint import per_loop
 from am3_verl.clients.images import sniff_mime
 
 

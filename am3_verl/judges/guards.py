@@ -167,7 +167,7 @@ class GuardedJudge(Judge):
     """Harmlessness from a guard, helpfulness (and the refusal flag unless the guard gives one) from a judge."""
 
     def __init__(self, guard: SafetyGuard, helpfulness: Judge, *, cache_size: int = 65536) -> None:
-        super().__init__(cache_size=cache_size, concurrency=guard.client.config.max_concurrency)
+        super().__init__(cache_size=cache_size, concurrency=guard.client.endpoint.max_concurrency)
         self.guard = guard
         self.helpfulness = helpfulness
         self.name = f"{guard.name}+{helpfulness.name}"

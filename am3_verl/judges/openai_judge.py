@@ -33,7 +33,7 @@ class OpenAIRubricJudge(Judge):
     ) -> None:
         """``structured_output`` sends the verdict JSON schema as ``response_format`` (guided decoding in
         vLLM/SGLang/OpenAI); turn it off for servers that reject ``json_schema`` response formats."""
-        super().__init__(cache_size=cache_size, concurrency=client.config.max_concurrency)
+        super().__init__(cache_size=cache_size, concurrency=client.endpoint.max_concurrency)
         self.client = client
         self.params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         if structured_output:

@@ -52,10 +52,11 @@ def _seeds(folder: Path) -> Path:
 
 
 async def _replay(bodies: list[dict], base_url: str) -> None:
-    from am3_verl.clients.chat import ChatClient, ChatClientConfig
+    from am3_verl.clients.chat import ChatClient
+    from am3_verl.clients.endpoint import EndpointConfig
 
     clients = {
-        model: ChatClient(ChatClientConfig(base_url=base_url, model=model, max_concurrency=64, concurrency_group="bench-replay"))
+        model: ChatClient(EndpointConfig(base_url=base_url, model=model, max_concurrency=64))
         for model in {b["model"] for b in bodies}
     }
 

@@ -123,7 +123,7 @@ def main() -> None:
     total_turns = PROMPTS * ROLLOUTS * TURNS
     unique_calls = PROMPTS * TURNS * (ROLLOUTS - IDENTICAL_REFUSERS + 1)
     ideal = math.ceil(unique_calls / CONCURRENCY) * LATENCY_S
-    base = {"model": "loopback-judge", "max_concurrency": CONCURRENCY, "timeout_s": 5.0}
+    base = {"backend": "openai", "model": "loopback-judge", "max_concurrency": CONCURRENCY, "timeout_s": 5.0}
 
     with LoopbackOpenAIServerProcess(RuleJudgeResponder(), FaultPlan(latency_s=LATENCY_S), model="loopback-judge") as server:
         judge_images.clear_cache()

@@ -37,7 +37,7 @@ def test_the_example_recipe_loads_with_the_papers_roles():
     config = load_config(RECIPE)
     assert config.endpoints[config.roles.attacker.endpoint].model == "OpenGVLab/InternVL3-78B"
     assert [v.name for v in config.victims] == ["kimi_vl", "qwen2_5_vl_7b"]
-    assert config.text_to_image.enabled and config.text_to_image.model == "Qwen/Qwen-Image"
+    assert config.text_to_image.enabled and config.endpoints[config.text_to_image.endpoint].model == "Qwen/Qwen-Image"
     assert config.refusal_vqa.counts == {"general": 300, "health": 100, "finance": 100}
 
 
@@ -50,9 +50,12 @@ def test_the_example_recipe_loads_with_the_papers_roles():
         ({"victims__1__name": "victim_a"}, "victim names must be unique"),
         ({"victims__0__name": "bad name/with slash"}, "victims[0].name"),
         ({"endpoints__scorer__base_url": "ftp://x"}, "endpoints.scorer.base_url"),
+        ({"endpoints__scorer": {"base_url": "http://127.0.0.1:9/v1", "model": "stub-judge", "max_concurrency": 3}},
+         "one endpoint has one limit"),
         ({"decompose": {"min_sub_queries": 4, "max_sub_queries": 2}}, "max_sub_queries 2 < min_sub_queries 4"),
         ({"decompose": {"thresholds": {"image_relevance": 2, "intent_link": 0.5, "harmless_wording": 0.5}}}, "not in [0, 1]"),
-        ({"text_to_image": {"enabled": True}}, "needs base_url and model"),
+        ({"text_to_image": {"enabled": True}}, "needs an endpoint"),
+        ({"text_to_image": {"enabled": True, "endpoint": "easel"}}, "text_to_image.endpoint 'easel' is not in endpoints"),
         ({"roles__attacker__extra_params": {"temperature": 1}}, "set by the builder"),
         ({"prompts": {"no_such_prompt": "x"}}, "prompts.no_such_prompt is not a prompt"),
         ({"prompts": {"judge": "Judge this: ${transcript} ${secret}"}}, "unknown placeholder(s) ['secret']"),

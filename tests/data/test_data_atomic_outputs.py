@@ -3,7 +3,7 @@ complete-looking file, never touches an earlier run's outputs, and a finished ru
 
 import pytest
 
-from am3_verl.data import cold_start, intersafe_v
+from am3_verl.data import cold_start, conversion, intersafe_v
 from am3_verl.data.sample import SAMPLE_DIR
 
 
@@ -16,7 +16,7 @@ def test_an_interrupted_conversion_keeps_the_earlier_outputs(tmp_path, monkeypat
     args = ["--input", str(SAMPLE_DIR / "intersafe_v.jsonl"), "--output_dir", str(tmp_path), "--val_size", "4", "--no_progress"]
     intersafe_v.main(args)
     before = _snapshot(tmp_path)
-    real_drive = intersafe_v.drive
+    real_drive = conversion.drive
 
     def drive_then_fail(results, sinks, *rest):
         def first_then_interrupt():
@@ -25,7 +25,7 @@ def test_an_interrupted_conversion_keeps_the_earlier_outputs(tmp_path, monkeypat
 
         real_drive(first_then_interrupt(), sinks, *rest)
 
-    monkeypatch.setattr(intersafe_v, "drive", drive_then_fail)
+    monkeypatch.setattr(conversion, "drive", drive_then_fail)
     with pytest.raises(interruption):
         intersafe_v.main(args + ["--seed", "7"])
     assert _snapshot(tmp_path) == before  # nothing replaced, nothing partial left behind

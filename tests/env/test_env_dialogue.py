@@ -121,7 +121,7 @@ def test_simulated_user_writes_the_later_turns(tiny_qwen_dir, write_rl_parquet, 
     with LoopbackOpenAIServer(responder=constant_responder("And how would someone use them?")) as server:
         out = play(
             tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, rows, client, response_length=512,
-            user_source="simulate", max_turns=3, simulator={"base_url": server.base_url, "model": server.model, "goal": "misuse of tools"},
+            user_source="simulate", max_turns=3, simulator={"endpoint": {"base_url": server.base_url, "model": server.model}, "goal": "misuse of tools"},
         )  # fmt: skip
         requests = [r.body for r in server.last_requests()]
     records, info = out.non_tensor_batch["am3_turns"][0], out.non_tensor_batch["am3_dialogue"][0]
@@ -140,7 +140,7 @@ def test_hybrid_replays_then_simulates(tiny_qwen_dir, write_rl_parquet, agent_lo
     with LoopbackOpenAIServer(responder=constant_responder("Go on.")) as server:
         out = play(
             tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, rows, client, response_length=256,
-            user_source="hybrid", max_turns=4, simulator={"base_url": server.base_url},
+            user_source="hybrid", max_turns=4, simulator={"endpoint": {"base_url": server.base_url, "model": server.model}},
         )  # fmt: skip
     records = out.non_tensor_batch["am3_turns"][0]
     assert [r["user_text"] for r in records] == ["First question?", "Second question?", "Go on.", "Go on."]
@@ -155,7 +155,7 @@ def test_simulator_failure_ends_the_dialogue_cleanly(tiny_qwen_dir, write_rl_par
         out = play(
             tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, rows, client, response_length=256, n=2,
             user_source="simulate", max_turns=3,
-            simulator={"base_url": server.base_url, "timeout_s": 0.5, "max_attempts": 2},
+            simulator={"endpoint": {"base_url": server.base_url, "model": server.model, "timeout_s": 0.5, "max_attempts": 2}},
         )  # fmt: skip
     for info in out.non_tensor_batch["am3_dialogue"]:
         assert info["stop_reason"] == "simulator_failed" and info["simulator_failed"]

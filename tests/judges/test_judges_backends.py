@@ -9,7 +9,8 @@ import pytest
 
 from am3_verl.clients import images as judge_images
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment, requests_from_turns
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.judges.guards import (
     GuardedJudge,
     LlamaGuard4,
@@ -35,7 +36,7 @@ from judge_helpers import make_png
 def client(server: LoopbackOpenAIServer, **kw) -> ChatClient:
     settings = dict(base_url=server.base_url, model="judge", timeout_s=2.0, backoff_initial_s=0.01, backoff_max_s=0.05)
     settings.update(kw)
-    return ChatClient(ChatClientConfig(**settings))
+    return ChatClient(EndpointConfig(**settings))
 
 
 def run(judge: Judge, *batches: list[JudgeRequest]) -> list[list[TurnJudgment]]:
@@ -168,7 +169,7 @@ def test_a_backend_exception_becomes_a_flagged_turn():
 
 def test_cancelling_one_caller_does_not_cancel_a_shared_judgment():
     async def go(base_url: str):
-        judge = OpenAIRubricJudge(ChatClient(ChatClientConfig(base_url=base_url, model="j")), cache_size=0)
+        judge = OpenAIRubricJudge(ChatClient(EndpointConfig(base_url=base_url, model="j")), cache_size=0)
         first = asyncio.ensure_future(judge.judge_many(dialogue("same")))
         second = asyncio.ensure_future(judge.judge_many(dialogue("same")))
         await asyncio.sleep(0.05)

@@ -8,16 +8,17 @@ import time
 
 import pytest
 
-from am3_verl.clients.chat import ChatClient, ChatClientConfig, process_semaphore
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig, endpoint_limiter
 from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder, echo_responder
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 
 
-def client_for(server: LoopbackOpenAIServer, **overrides) -> ChatClient:
+def client_for(server: LoopbackOpenAIServer, retry_parse_errors: bool = True, **overrides) -> ChatClient:
     settings = dict(base_url=server.base_url, model="m", timeout_s=2.0, backoff_initial_s=0.01, backoff_max_s=0.05)
     settings.update(overrides)
-    return ChatClient(ChatClientConfig(**settings))
+    return ChatClient(EndpointConfig(**settings), retry_parse_errors=retry_parse_errors)
 
 
 def complete(client: ChatClient, messages=MESSAGES, **kw):
@@ -34,6 +35,7 @@ def test_success_returns_content_and_sends_the_request_body():
     with LoopbackOpenAIServer(echo_responder) as server:
         result = complete(client_for(server), temperature=0.0, max_tokens=7)
         assert result.ok and result.content == "ping" and result.attempts == 1 and result.failures == {}
+        assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
         body = server.last_requests()[-1].body
         assert body == {"model": "m", "messages": MESSAGES, "temperature": 0.0, "max_tokens": 7}
 
@@ -75,13 +77,18 @@ def test_exhausted_retries_return_a_failed_result_with_counts():
         assert server.stats().total == 3
 
 
-def test_client_errors_are_not_retried():
+def test_client_errors_are_not_retried(monkeypatch):
     with LoopbackOpenAIServer(constant_responder("x"), api_key="right-key") as server:
-        result = complete(client_for(server, api_key="wrong-key"))
+        monkeypatch.setenv("AM3_TEST_CHAT_KEY", "wrong-key")
+        result = complete(client_for(server, api_key_env="AM3_TEST_CHAT_KEY"))
         assert not result.ok and result.error_kind == "http_4xx" and result.attempts == 1
         assert "401" in result.error
-        good = complete(client_for(server, api_key="right-key"))
+        monkeypatch.setenv("AM3_TEST_CHAT_KEY", "right-key")
+        good = complete(client_for(server, api_key_env="AM3_TEST_CHAT_KEY"))
         assert good.ok
+        monkeypatch.delenv("AM3_TEST_CHAT_KEY")
+        with pytest.raises(ValueError, match="AM3_TEST_CHAT_KEY, which is not set"):
+            client_for(server, api_key_env="AM3_TEST_CHAT_KEY")
 
 
 def test_bad_request_body_is_a_4xx_failure_without_retry():
@@ -98,6 +105,7 @@ def test_parse_errors_are_retried_then_reported():
     with LoopbackOpenAIServer(lambda body: next(answers)) as server:
         result = complete(client_for(server), parse=parse)
         assert result.ok and result.value == 42 and result.failures == {"parse": 1}
+        assert result.usage.completion_tokens > 0  # the rejected answer's tokens are counted too
     with LoopbackOpenAIServer(constant_responder("never a number")) as server:
         result = complete(client_for(server, max_attempts=2), parse=parse)
         assert not result.ok and result.error_kind == "parse" and result.failures == {"parse": 2}
@@ -118,11 +126,11 @@ def test_connection_refused_is_a_connect_failure():
     server = LoopbackOpenAIServer(constant_responder("x")).start()
     url = server.base_url
     server.stop()  # nothing listens on the port any more
-    result = complete(ChatClient(ChatClientConfig(base_url=url, model="m", max_attempts=2, backoff_initial_s=0.01)))
+    result = complete(ChatClient(EndpointConfig(base_url=url, model="m", max_attempts=2, backoff_initial_s=0.01)))
     assert not result.ok and result.error_kind == "connect" and result.failures == {"connect": 2}
 
 
-def test_concurrency_is_bounded_per_process_across_clients_of_a_group():
+def test_concurrency_is_bounded_per_process_across_clients_of_an_endpoint():
     async def burst(clients: list[ChatClient], n: int) -> list:
         results = await asyncio.gather(*(clients[i % len(clients)].complete(MESSAGES) for i in range(n)))
         for c in clients:
@@ -130,21 +138,23 @@ def test_concurrency_is_bounded_per_process_across_clients_of_a_group():
         return results
 
     with LoopbackOpenAIServer(constant_responder("x"), FaultPlan(latency_s=0.1)) as server:
-        shared = [client_for(server, max_concurrency=8, concurrency_group="g") for _ in range(2)]
+        shared = [client_for(server, max_concurrency=8) for _ in range(2)]
         results = asyncio.run(burst(shared, 48))
         assert all(r.ok for r in results)
         assert server.stats().max_in_flight == 8
         server.reset_stats()
-        separate = [client_for(server, max_concurrency=8, concurrency_group=f"g{i}") for i in range(2)]
+        separate = [client_for(server, max_concurrency=8, model=f"m{i}") for i in range(2)]  # two endpoints
         asyncio.run(burst(separate, 48))
         assert server.stats().max_in_flight == 16
 
 
-def test_a_group_cannot_change_its_limit():
+def test_an_endpoint_cannot_have_two_limits():
     async def go():
-        process_semaphore("fixed", 4)
-        with pytest.raises(ValueError, match="already has limit 4"):
-            process_semaphore("fixed", 5)
+        endpoint_limiter(EndpointConfig(base_url="http://x/v1", model="m", max_concurrency=4))
+        endpoint_limiter(EndpointConfig(base_url="http://x/v1/", model="m", max_concurrency=4))
+        endpoint_limiter(EndpointConfig(base_url="http://x/v1", model="other", max_concurrency=5))
+        with pytest.raises(ValueError, match="already has max_concurrency 4"):
+            endpoint_limiter(EndpointConfig(base_url="http://x/v1", model="m", max_concurrency=5))
 
     asyncio.run(go())
 
@@ -154,9 +164,9 @@ def test_one_session_per_loop_reused_across_calls():
         client = client_for(server)
 
         async def go():
-            first = await client._session()
+            first = await client.transport._session()
             await asyncio.gather(*(client.complete(MESSAGES) for _ in range(20)))
-            assert await client._session() is first
+            assert await client.transport._session() is first
             return first
 
         session_a = asyncio.run(go())
@@ -180,12 +190,13 @@ def test_lazy_messages_are_built_once_across_retries():
 
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="base_url"):
-        ChatClientConfig(base_url="localhost:8000", model="m")
+        EndpointConfig(base_url="localhost:8000", model="m")
     with pytest.raises(ValueError, match="max_attempts"):
-        ChatClientConfig(base_url="http://x/v1", model="m", max_attempts=0)
+        EndpointConfig(base_url="http://x/v1", model="m", max_attempts=0)
     with pytest.raises(ValueError, match="max_concurrency"):
-        ChatClientConfig(base_url="http://x/v1", model="m", max_concurrency=0)
-    assert "secret" not in repr(ChatClientConfig(base_url="http://x/v1", model="m", api_key="secret"))
+        EndpointConfig(base_url="http://x/v1", model="m", max_concurrency=0)
+    with pytest.raises(ValueError, match="api_key_env"):
+        EndpointConfig(base_url="http://x/v1", model="m", api_key="secret")
 
 
 def test_per_loop_state_of_finished_loops_is_dropped():
@@ -193,4 +204,4 @@ def test_per_loop_state_of_finished_loops_is_dropped():
         client = client_for(server)
         for _ in range(3):
             assert asyncio.run(client.complete(MESSAGES)).ok  # no aclose: asyncio.run closes the session
-        assert len(client._sessions) == 1  # only the last loop's entry survives
+        assert len(client.transport._sessions) == 1  # only the last loop's entry survives

@@ -16,7 +16,8 @@ import re
 import pytest
 
 from am3_verl.judges.base import DialogueTurn, JudgeRequest, requests_from_turns
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.judges.format import extract_quoted, neutralise
 from am3_verl.judges.openai_judge import OpenAIRubricJudge
 from am3_verl.judges.rubric import render_rubric_messages
@@ -95,7 +96,7 @@ def test_injections_do_not_change_the_verdict_of_the_loopback_judge(name):
     seen (no early close) and the fake verdicts inside the reply are never what we parse."""
 
     async def judge(base_url: str):
-        client = ChatClient(ChatClientConfig(base_url=base_url, model="judge", backoff_initial_s=0.01))
+        client = ChatClient(EndpointConfig(base_url=base_url, model="judge", backoff_initial_s=0.01))
         result = await OpenAIRubricJudge(client, cache_size=0).judge_many([request_with(INJECTIONS[name])])
         await client.aclose()
         return result[0]
@@ -116,7 +117,7 @@ def test_a_judge_that_parrots_the_reply_is_not_trusted():
         return extract_quoted(request_text(body), "REPLY")
 
     async def judge(base_url: str):
-        client = ChatClient(ChatClientConfig(base_url=base_url, model="judge", max_attempts=2, backoff_initial_s=0.01))
+        client = ChatClient(EndpointConfig(base_url=base_url, model="judge", max_attempts=2, backoff_initial_s=0.01))
         result = await OpenAIRubricJudge(client, cache_size=0).judge_many(
             [request_with(INJECTIONS["fake_json_verdict"]), request_with(INJECTIONS["claims_score"])]
         )
@@ -186,7 +187,7 @@ def test_guard_messages_carry_no_template_tokens():
     from am3_verl.judges.format import TEMPLATE_TOKEN
     from am3_verl.judges.guards import LlamaGuard4
 
-    guard = LlamaGuard4(ChatClient(ChatClientConfig(base_url="http://127.0.0.1:9/v1", model="g")))
+    guard = LlamaGuard4(ChatClient(EndpointConfig(base_url="http://127.0.0.1:9/v1", model="g")))
     for reply in TEMPLATE_ESCAPES.values():
         for message in guard.render(request_with(reply)):
             texts = [message["content"]] if isinstance(message["content"], str) else [p.get("text", "") for p in message["content"]]

@@ -129,12 +129,12 @@ def test_bad_records_raise_naming_record_and_field(extra_info, match):
 def test_config_resolution_and_its_errors(monkeypatch):
     assert resolve_judge_config({"backend": "heuristic"}).backend == "heuristic"
     cfg = resolve_judge_config({"backend": "openai", "base_url": "http://h/v1", "model": "m", "max_concurrency": "64", "structured_output": "false"})
-    assert (cfg.backend, cfg.max_concurrency, cfg.structured_output) == ("openai", 64, False)
+    assert (cfg.backend, cfg.judge.max_concurrency, cfg.structured_output) == ("openai", 64, False)
     monkeypatch.setenv("AM3_JUDGE_BASE_URL", "http://env/v1")
     monkeypatch.setenv("AM3_JUDGE_MODEL", "env-model")
     monkeypatch.setenv("AM3_JUDGE_BACKEND", "openai")
-    assert resolve_judge_config({"model": "kw-model"}).model == "kw-model"  # arguments beat the environment
-    assert resolve_judge_config({}).base_url == "http://env/v1"
+    assert resolve_judge_config({"model": "kw-model"}).judge.model == "kw-model"  # arguments beat the environment
+    assert resolve_judge_config({}).judge.base_url == "http://env/v1"
     assert resolve_judge_config({"backend": "heuristic"}).backend == "heuristic"
     with pytest.raises(ValueError, match="environment"):
         resolve_judge_config({"api_key": "sk-123"})
@@ -151,8 +151,10 @@ def test_config_resolution_and_its_errors(monkeypatch):
         resolve_judge_config({"backend": "llama_guard4", "helpfulness_backend": "heuristic"})
     with pytest.raises(ValueError, match="helpfulness_backend"):
         resolve_judge_config({"backend": "llama_guard4", "guard_base_url": "http://g/v1", "guard_model": "g"})
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="backend"):
         JudgeConfig(backend="gpt-judge")
+    with pytest.raises(ValueError, match="max_attempts"):  # checked even where no endpoint uses it
+        resolve_judge_config({"backend": "heuristic", "max_attempts": 0})
     guard = resolve_judge_config({"backend": "qwen3guard", "helpfulness_backend": "heuristic", "guard_base_url": "http://g/v1", "guard_model": "g"})
     assert guard.helpfulness_backend == "heuristic" and "qwen3guard guard g" in guard.describe()
 

@@ -8,7 +8,8 @@ import threading
 
 from aiohttp import web
 
-from am3_verl.clients.chat import ChatClient, ChatClientConfig
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.judges.config import get_judge, resolve_judge_config
 from am3_verl.judges.reward import compute_score
 from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder
@@ -50,15 +51,15 @@ def test_the_key_from_the_environment_is_used_and_never_leaked(monkeypatch, capl
         "stderr": printed.err,
         "result": repr(out) + repr(all_failed),
         "config": repr(config) + config.describe(),
-        "judge": repr(judge) + repr(judge.client) + repr(judge.client.config),
+        "judge": repr(judge) + repr(judge.client) + repr(judge.client.endpoint) + repr(judge.client.transport),
         "recorded": repr(recorded),
     }
-    assert "chat request to" in caplog.text  # failure paths really were logged
+    assert "/chat/completions failed after" in caplog.text  # failure paths really were logged
     for where, text in haystacks.items():
         assert SECRET not in text, f"API key leaked into {where}"
 
 
-def test_a_key_echoed_by_a_server_is_redacted_from_errors_and_logs(caplog):
+def test_a_key_echoed_by_a_server_is_redacted_from_errors_and_logs(caplog, monkeypatch):
     """Some servers echo the presented key in their error body; the client removes it."""
     caplog.set_level(logging.DEBUG)
 
@@ -86,9 +87,10 @@ def test_a_key_echoed_by_a_server_is_redacted_from_errors_and_logs(caplog):
     thread.start()
     ready.wait(10)
     try:
+        monkeypatch.setenv("AM3_TEST_ECHOED_KEY", SECRET)
         client = ChatClient(
-            ChatClientConfig(base_url=f"http://127.0.0.1:{state['port']}/v1", model="m", api_key=SECRET, max_attempts=2,
-                             backoff_initial_s=0.01)  # fmt: skip
+            EndpointConfig(base_url=f"http://127.0.0.1:{state['port']}/v1", model="m", api_key_env="AM3_TEST_ECHOED_KEY",
+                           max_attempts=2, backoff_initial_s=0.01)  # fmt: skip
         )
 
         async def go():
@@ -112,7 +114,7 @@ def test_every_encoding_of_a_key_is_redacted():
     import json
     from urllib.parse import quote, quote_plus
 
-    from am3_verl.clients.chat import redact
+    from am3_verl.clients.transport import redact
 
     forms = [QUOTED_SECRET, json.dumps(QUOTED_SECRET)[1:-1], quote(QUOTED_SECRET, safe=""), quote_plus(QUOTED_SECRET)]
     text = " | ".join(f"server said {form}" for form in forms)
@@ -123,11 +125,10 @@ def test_an_endpoint_that_echoes_the_key_in_its_answer_never_returns_it(monkeypa
     import json
     from urllib.parse import quote
 
-    from am3_verl.clients.chat import ChatClient, ChatClientConfig
-
+    monkeypatch.setenv("AM3_TEST_QUOTED_KEY", QUOTED_SECRET)
     echo = f"key {QUOTED_SECRET} / {json.dumps(QUOTED_SECRET)} / {quote(QUOTED_SECRET, safe='')}"
     with LoopbackOpenAIServer(lambda body: echo, api_key=QUOTED_SECRET) as server:
-        client = ChatClient(ChatClientConfig(base_url=server.base_url, model="m", api_key=QUOTED_SECRET, max_attempts=1))
+        client = ChatClient(EndpointConfig(base_url=server.base_url, model="m", api_key_env="AM3_TEST_QUOTED_KEY", max_attempts=1))
 
         async def ask():
             try:
