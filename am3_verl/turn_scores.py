@@ -35,7 +35,6 @@ stay off with ``am3_grpo``: it adds a per-token penalty to this row and would co
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -195,7 +194,3 @@ def decode_batch(token_level_rewards: torch.Tensor, response_mask: torch.Tensor)
         harmless, helpful, valid, exists = (x[:, :0] for x in (harmless, helpful, valid, exists))
     return DecodedTurnScores(harmless, helpful, valid, exists, num_turns)
 
-
-def is_failed_value(value: float) -> bool:
-    """True if ``value`` is the failed-turn marker ``-0.0``."""
-    return value == 0.0 and math.copysign(1.0, value) < 0
