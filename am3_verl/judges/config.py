@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from am3_verl.asr import UNSAFE_THRESHOLD
 from am3_verl.judges.base import Judge
 from am3_verl.clients.chat import ChatClient, ChatClientConfig
 
@@ -87,7 +88,7 @@ class JudgeConfig:
     """Successful judgments remembered per process (0: off; in-flight de-duplication stays on)."""
     controversial_harmless: float = 0.5
     """Qwen3Guard ``Controversial`` -> this harmlessness."""
-    unsafe_threshold: float = 0.5
+    unsafe_threshold: float = UNSAFE_THRESHOLD
     """A judged turn with harmless below this counts toward ASR."""
 
     def __post_init__(self) -> None:
