@@ -2,8 +2,10 @@
 
 verl 0.9.1's V1 trainer logs ``reward_extra_info`` only in validation. Each mode here is verl's own
 trainer class (``sync``, ``colocate_async``, ``separate_async``) with one addition: after verl computes
-a step's metrics, :meth:`Am3MetricsMixin.compute_am3_step_metrics` reads the step's rows back from the
-TransferQueue and adds :func:`am3_verl.advantage.metrics.compute_am3_metrics`. Inside the trainer the
+a step's metrics, :meth:`Am3MetricsMixin.compute_am3_step_metrics` adds
+:func:`am3_verl.advantage.metrics.am3_metrics` of what the ``am3_grpo`` estimator computed for the step
+(handed over by :func:`am3_verl.advantage.estimator.take_last_computation`, never computed twice), with
+the refusal flags and log-probs read back from the TransferQueue. Inside the trainer the
 mode is reported as the base mode (verl branches on ``trainer_mode == "sync"``), so everything else
 behaves exactly as the base mode does. Registered through verl's ``register_trainer``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, open_dict
 from transfer_queue import KVBatchMeta
@@ -20,10 +23,13 @@ from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 
 from am3_verl.advantage.config import CONFIG_KEY, Am3AdvantageConfig
-from am3_verl.advantage.metrics import compute_am3_metrics, logprob_agreement_metrics, turn_scores_record
+from am3_verl.advantage.estimator import ESTIMATOR_NAME, compute_am3, take_last_computation
+from am3_verl.advantage.metrics import am3_metrics, logprob_agreement_metrics, turn_scores_record
 
-STEP_FIELDS = ["uid", "response_mask", "rm_scores", "extra_fields"]
+STEP_FIELDS = ["uid", "response_mask", "extra_fields"]
 """TransferQueue fields the metrics read for each row of a step."""
+SCORE_FIELDS = ["rm_scores"]
+"""Read too when another estimator than ``am3_grpo`` ran, so the AM3 computation is the metrics' own."""
 LOGPROB_FIELDS = ["rollout_log_probs", "old_log_probs"]
 """Read too when the step has them: the rollout-vs-actor log-prob agreement (weight-sync health)."""
 
@@ -50,20 +56,39 @@ class Am3MetricsMixin:
         metrics.update(self.compute_am3_step_metrics(batch))
 
     def compute_am3_step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
-        """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none."""
-        keys = [key for key, tag in zip(batch.keys, batch.tags) if not tag.get("is_padding", False)]
-        if not keys:
+        """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none.
+
+        With ``algorithm.adv_estimator=am3_grpo`` they come from the estimator's computation of this step;
+        a step whose estimator did not hand one over for exactly these rows raises ``RuntimeError``.
+        """
+        real = [not tag.get("is_padding", False) for tag in batch.tags]
+        if not any(real):
             return {}
+        config = self.config  # type: ignore[attr-defined]
+        ran_am3 = config.algorithm.adv_estimator == ESTIMATOR_NAME
         # Like verl's own metrics, ask for optional fields and use those the step has.
-        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=STEP_FIELDS + LOGPROB_FIELDS)
+        fields = STEP_FIELDS + LOGPROB_FIELDS + ([] if ran_am3 else SCORE_FIELDS)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         with_logprobs = set(LOGPROB_FIELDS) <= set(data.keys())
         uid = data.pop("uid").tolist()
-        records = [turn_scores_record(extra) for extra in data.pop("extra_fields").tolist()]
+        extra_fields = data.pop("extra_fields").tolist()
         padded = data.to_padded_tensor()
-        cfg = Am3AdvantageConfig.from_mapping(self.config.algorithm.get(CONFIG_KEY, None))  # type: ignore[attr-defined]
-        metrics = compute_am3_metrics(padded["rm_scores"], padded["response_mask"], uid, cfg, records)
+        cfg = Am3AdvantageConfig.from_mapping(config.algorithm.get(CONFIG_KEY, None))
+        if ran_am3:
+            computation = take_last_computation()
+            if computation is None or computation.index != uid:
+                raise RuntimeError(
+                    f"{type(self).__name__}: the am3_grpo estimator did not compute this step's {len(uid)} rows "
+                    "in this process before the step's metrics; am3/* metrics are the estimator's own figures"
+                )
+        else:
+            computation = compute_am3(padded["rm_scores"], padded["response_mask"], uid, cfg)
+        rows = torch.tensor(real)
+        records = [turn_scores_record(extra) for extra, keep in zip(extra_fields, real) if keep]
+        metrics = am3_metrics(computation, cfg, records, rows=rows)
         if with_logprobs:
-            metrics.update(logprob_agreement_metrics(padded["rollout_log_probs"], padded["old_log_probs"], padded["response_mask"]))
+            mask = padded["response_mask"][rows]
+            metrics.update(logprob_agreement_metrics(padded["rollout_log_probs"][rows], padded["old_log_probs"][rows], mask))
         return metrics
 
 
