@@ -1,7 +1,8 @@
 """V1 trainer modes that log the AM3 metrics every training step: ``trainer.v1.trainer_mode=am3_sync`` etc.
 
 verl 0.9.1's V1 trainer logs ``reward_extra_info`` only in validation. Each mode here is verl's own
-trainer class (``sync``, ``colocate_async``, ``separate_async``) with one addition: after verl computes
+trainer class (``sync``, ``colocate_async``, ``separate_async``) with one addition (through
+:class:`am3_verl.compat.trainer.StepMetricsHook`, the reach into verl's trainer): after verl computes
 a step's metrics, :meth:`Am3MetricsMixin.compute_am3_step_metrics` adds
 :func:`am3_verl.advantage.metrics.am3_metrics` of what the ``am3_grpo`` estimator computed for the step
 (handed over by :func:`am3_verl.advantage.estimator.take_last_computation`, never computed twice), with
@@ -12,12 +13,10 @@ behaves exactly as the base mode does. Registered through verl's ``register_trai
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, open_dict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
@@ -25,6 +24,7 @@ from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from am3_verl.advantage.config import CONFIG_KEY, Am3AdvantageConfig
 from am3_verl.advantage.estimator import ESTIMATOR_NAME, compute_am3, take_last_computation
 from am3_verl.advantage.metrics import am3_metrics, logprob_agreement_metrics, turn_scores_record
+from am3_verl.compat.trainer import StepMetricsHook
 
 STEP_FIELDS = ["uid", "response_mask", "extra_fields"]
 """TransferQueue fields the metrics read for each row of a step."""
@@ -34,26 +34,12 @@ LOGPROB_FIELDS = ["rollout_log_probs", "old_log_probs"]
 """Read too when the step has them: the rollout-vs-actor log-prob agreement (weight-sync health)."""
 
 
-def with_base_mode(config: DictConfig, base_mode: str) -> DictConfig:
-    """A copy of ``config`` whose ``trainer.v1.trainer_mode`` is ``base_mode`` (the caller's is unchanged)."""
-    config = copy.deepcopy(config)
-    with open_dict(config):
-        config.trainer.v1.trainer_mode = base_mode
-    return config
-
-
-class Am3MetricsMixin:
+class Am3MetricsMixin(StepMetricsHook):
     """Adds ``am3/*`` metrics to each training step; put it before a verl ``PPOTrainer`` subclass."""
 
-    base_mode: str = ""
-    """The verl trainer mode this class extends."""
-
-    def __init__(self, config: DictConfig) -> None:
-        super().__init__(config=with_base_mode(config, self.base_mode))  # type: ignore[call-arg]
-
-    def _compute_metrics(self, batch: KVBatchMeta, metrics: dict, timing_raw: dict, global_steps: int, epoch: int):
-        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)  # type: ignore[misc]
-        metrics.update(self.compute_am3_step_metrics(batch))
+    def step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+        """See :meth:`compute_am3_step_metrics`."""
+        return self.compute_am3_step_metrics(batch)
 
     def compute_am3_step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
         """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none.

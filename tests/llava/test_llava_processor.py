@@ -55,7 +55,7 @@ def test_register_is_idempotent_and_keeps_one_wrapper():
     llava_next.register()
     llava_next.register()
     assert defining.hf_processor is before is verl.utils.hf_processor
-    assert not getattr(before.__wrapped__, "__am3_llava_next__", False)
+    assert not getattr(before.__wrapped__, "_am3_compat", False)
 
 
 def test_every_image_gets_the_maximal_crop_count_and_the_same_tokens(tiny_llava_dir):
