@@ -89,18 +89,6 @@ def quote(label: str, text: str, nonce: str) -> str:
     return f"{begin_marker(label, nonce)}\n{neutralise(text)}\n{end_marker(label, nonce)}"
 
 
-def extract_quoted(text: str, label: str) -> str | None:
-    """Return the body of the last quoted block ``label`` in ``text`` (any nonce), or None if there is none.
-
-    Used by the loopback judge server to find the reply it is asked to judge.
-    """
-    pattern = re.compile(
-        rf"<<<BEGIN {re.escape(label)} ([0-9a-f]{{{NONCE_HEX_CHARS}}})>>>\n(.*?)\n<<<END {re.escape(label)} \1>>>",
-        re.DOTALL,
-    )
-    matches = pattern.findall(text)
-    return matches[-1][1] if matches else None
-
 
 class RubricAnswer(BaseModel):
     """The rubric judge's answer for one assistant turn (judge scale: 0 = worst, 10 = best)."""

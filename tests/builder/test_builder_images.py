@@ -11,7 +11,7 @@ from PIL import Image
 
 from am3_verl.builder.config import TextToImageConfig
 from am3_verl.builder.images_client import ImagesClient
-from am3_verl.builder.loopback import ImagesFaultPlan, LoopbackImagesServer
+from am3_verl.testing.builder_loopback import ImagesFaultPlan, LoopbackImagesServer
 
 
 def _config(url: str, **kw) -> TextToImageConfig:

@@ -10,8 +10,8 @@ import asyncio
 import pytest
 from hydra.errors import InstantiationException
 
-from am3_verl.local.generation import CannedGenerationClient
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
+from canned_generation import CannedGenerationClient
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
 from am3_verl.local.rollout import compose_ppo_config, generate, load_rl_dataset, make_agent_loop_worker, rollout_batch
 from am3_verl.turn_scores import TurnScores, decode_batch, encode_row, turn_spans
 from env_rows import dialogue_row, png

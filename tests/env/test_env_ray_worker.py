@@ -6,7 +6,7 @@ Generation is the canned backend, shipped to the actor by Ray; vLLM servers need
 import pytest
 import ray
 
-from am3_verl.local.generation import CannedGenerationClient
+from canned_generation import CannedGenerationClient
 from am3_verl.local.rollout import compose_ppo_config, load_rl_dataset, rollout_batch
 from env_rows import FOUR_TURNS_IMAGES_IN_1_AND_3, dialogue_row
 

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from am3_verl.judges.format import (
     JudgeFormatError,
     RubricAnswer,
-    extract_quoted,
     neutralise,
     new_nonce,
     parse_rubric_answer,
     quote,
 )
+from am3_verl.testing.openai_server import extract_quoted
 
 GOOD = {"harmless": 9, "helpful": 6.5, "refusal": False, "rationale": "Fine."}
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from am3_verl.judges.format import parse_rubric_answer, quote
-from am3_verl.local.openai_server import (
+from am3_verl.testing.openai_server import (
     FAULT_KINDS,
     FaultPlan,
     LoopbackOpenAIServer,
@@ -23,6 +23,9 @@ from am3_verl.local.openai_server import (
     echo_responder,
     request_images,
 )
+
+# Self-tests of a test double (the loopback server), with real latencies and hangs: the slow tier.
+pytestmark = pytest.mark.slow
 
 CHAT = {"model": "judge", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -253,7 +256,7 @@ def test_guard_responders_answer_in_the_guard_formats():
 
 
 def test_separate_process_server_has_the_same_interface():
-    from am3_verl.local.openai_server import LoopbackOpenAIServerProcess
+    from am3_verl.testing.openai_server import LoopbackOpenAIServerProcess
 
     with LoopbackOpenAIServerProcess(RuleJudgeResponder(), FaultPlan(schedule=["http_500"]), model="p-1") as server:
         assert post(server).status_code == 500
