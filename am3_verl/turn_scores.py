@@ -128,7 +128,7 @@ def encode_row(response_mask: Sequence[int] | torch.Tensor, scores: TurnScores, 
     if len(spans) != len(scores):
         raise ValueError(f"encode_row: response has {len(spans)} assistant turns but {len(scores)} scored turns")
     row = torch.zeros(length, dtype=torch.float32)
-    for t, (start, end) in enumerate(spans):
+    for t, (_start, end) in enumerate(spans):
         h_pos = end
         if h_pos >= length:
             raise ValueError(f"encode_row: turn {t} ends on the row's last position; no slot for its helpfulness score")
