@@ -89,3 +89,15 @@ def test_kl_in_reward_is_rejected_from_the_composed_config():
     batch = synthetic_batch(1, group_sizes=[2])
     with pytest.raises(ValueError, match="use_kl_in_reward=False"):
         compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm)
+
+
+def test_the_documented_settings_are_the_config_fields():
+    """docs/advantage.md holds the one reference table of ``algorithm.am3``; it lists every field, no more."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "advantage.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `\+algorithm\.am3\.(\w+)`", docs, flags=re.MULTILINE))
+    fields = {f.name for f in dataclasses.fields(Am3AdvantageConfig) if not f.name.startswith("_")}
+    assert documented == fields

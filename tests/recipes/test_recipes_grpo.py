@@ -139,7 +139,10 @@ def test_everything_a_grpo_recipe_names_resolves(script, rl_data_dir, tiny_qwen_
     for entry in loops:
         hydra.utils.get_class(entry._target_)
     # the reward function loads through verl's own loader; the estimator and trainer mode are registered
-    assert get_custom_reward_fn(config) is not None
+    from am3_verl.judges.reward import compute_score
+
+    reward_fn = get_custom_reward_fn(config)  # verl's partial over the file's function and the reward kwargs
+    assert reward_fn.args[0] is compute_score
     assert get_adv_estimator_fn(config.algorithm.adv_estimator).__name__ == "compute_am3_grpo_advantage"
     from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
 
