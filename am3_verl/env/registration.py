@@ -9,8 +9,7 @@ overwrite that entry with a bare one; registering here imports it before any YAM
 
 from __future__ import annotations
 
-AGENT_NAME = "am3_dialogue"
-TARGET = "am3_verl.env.agent_loop.DialogueAgentLoop"
+from am3_verl.env.agent_loop import AGENT_NAME, DialogueAgentLoop
 
 _registered = False
 
@@ -19,8 +18,6 @@ def register() -> None:
     """Register :class:`~am3_verl.env.agent_loop.DialogueAgentLoop` as ``am3_dialogue`` through verl's ``register``."""
     global _registered
     from verl.experimental.agent_loop.agent_loop import register as register_agent_loop
-
-    from am3_verl.env.agent_loop import DialogueAgentLoop
 
     register_agent_loop(AGENT_NAME)(DialogueAgentLoop)
     _registered = True
