@@ -20,6 +20,9 @@ IM_END, HELLO, WORLD, IMAGE_PAD = 151645, 9707, 1879, 151655
 FOUR_TEXT_TURNS = [("First question?", []), ("Second question?", []), ("Third question?", []), ("Fourth question?", [])]
 
 
+pytestmark = pytest.mark.slow  # each case builds verl's AgentLoopWorker (seconds apiece)
+
+
 def play(tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, rows, client, *, response_length, n=1, **loop_kwargs):
     config = compose_ppo_config(
         tiny_qwen_dir, prompt_length=256, response_length=response_length, agent_loop_config_path=agent_loop_yaml(**loop_kwargs)

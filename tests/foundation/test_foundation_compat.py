@@ -65,6 +65,7 @@ def test_another_verl_version_is_refused_with_every_reach_listed(monkeypatch):
         assert reach.name in message
 
 
+@pytest.mark.slow  # a fresh interpreter that imports verl
 def test_importing_the_plugin_under_another_verl_version_fails_listing_the_reaches():
     code = (
         "import json, verl\n"

@@ -17,6 +17,9 @@ from llava_rows import SMALL, SQUARE, TALL, WIDE, image
 SIZES = [SMALL, SQUARE, WIDE, TALL]
 
 
+pytestmark = pytest.mark.slow  # loads LLaVA-NeXT processors and runs the tiny model
+
+
 @pytest.mark.parametrize("module", ["verl.utils", "verl.utils.tokenizer", "verl.utils.tokenizer.tokenizer", "verl.workers.config.model"])
 def test_every_verl_binding_returns_the_llava_processor(tiny_llava_dir, module):
     import importlib

@@ -114,6 +114,7 @@ def test_the_tiny_cpu_recipe_wants_the_judge_backend_named(rl_data_dir, tiny_qwe
     assert result.returncode != 0 and "AM3_JUDGE_BACKEND" in result.stderr
 
 
+@pytest.mark.slow  # composes and validates every section of verl's config
 @pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
 def test_grpo_recipe_composes_and_validates(script, rl_data_dir, tiny_qwen_dir, tmp_path, vllm_lora_rank_check):
     config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path)
