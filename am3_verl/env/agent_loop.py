@@ -41,6 +41,7 @@ from verl.utils.profiler import simple_timer
 
 from am3_verl.clients.images import content_image_bytes
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
+from am3_verl.env import AGENT_NAME
 from am3_verl.env.output import DialogueAgentLoopOutput
 from am3_verl.compat.continuous_token import continuous_token_builder_for
 from am3_verl.env.user_turns import (
@@ -54,8 +55,6 @@ from am3_verl.env.user_turns import (
 
 logger = logging.getLogger(__name__)
 
-AGENT_NAME = "am3_dialogue"
-"""The name rows and agent-loop YAMLs select this loop by (registered by :mod:`am3_verl.env.registration`)."""
 LATER_TURNS_COLUMN = "am3_later_turns"
 
 

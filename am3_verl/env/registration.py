@@ -9,7 +9,7 @@ overwrite that entry with a bare one; registering here imports it before any YAM
 
 from __future__ import annotations
 
-from am3_verl.env.agent_loop import AGENT_NAME, DialogueAgentLoop
+from am3_verl.env import AGENT_NAME
 
 _registered = False
 
@@ -18,6 +18,8 @@ def register() -> None:
     """Register :class:`~am3_verl.env.agent_loop.DialogueAgentLoop` as ``am3_dialogue`` through verl's ``register``."""
     global _registered
     from verl.experimental.agent_loop.agent_loop import register as register_agent_loop
+
+    from am3_verl.env.agent_loop import DialogueAgentLoop
 
     register_agent_loop(AGENT_NAME)(DialogueAgentLoop)
     _registered = True
