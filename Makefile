@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.am3-setup-stamp
 MODELS := $(CURDIR)/$(VENV)/am3-tiny-models
 
-.PHONY: setup test test-fast bench demo miniature clean-venv
+.PHONY: setup lint test test-fast bench demo miniature clean-venv
 
 setup: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml requirements/cpu.txt requirements/cpu-lock.txt Makefile
 	$(PY) -c "import verl, am3_verl.plugin as p; p.assert_loaded()"
 	touch $(STAMP)
 
-test: setup
+# ruff (pinned in the cpu extra; configured in pyproject.toml): lint, and the formatting check.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q
 
 test-fast: setup

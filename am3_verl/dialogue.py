@@ -2,7 +2,7 @@
 
 One InterSafe-V record is a :class:`Dialogue`: an id, a harm category (or ``"benign"``), and user
 turns, each with its text, its images and an optional reference assistant reply. The JSONL form is
-documented in README.md ("Data formats"). Structural rules (non-empty text, one ``<image>`` placeholder
+documented in docs/data.md ("Input formats"). Structural rules (non-empty text, one ``<image>`` placeholder
 per image, a known category) are enforced here; checks that need the files (images exist and decode,
 sizes, unique ids across a file) live in :mod:`am3_verl.data`.
 """

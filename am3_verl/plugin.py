@@ -19,7 +19,8 @@ def register_all() -> None:
 
     Raises :class:`am3_verl.compat.UnsupportedVerlVersion` on a verl release it was not written for.
     """
-    cpu_platform.register()  # first: the compat patches import verl modules that ask for the platform
+    compat.check_verl_version()
+    cpu_platform.register()  # before the compat patches: they import verl modules that ask for the platform
     compat.apply(cpu_platform=cpu_platform.cpu_platform_selected())
     hf_rollout.register()
     agent_loop_registration.register()

@@ -19,10 +19,10 @@ from typing import Mapping, Sequence
 from tqdm import tqdm
 
 from am3_verl.demo_report import read_step_metrics
-from am3_verl.local.rollout import REPO_ROOT
+from am3_verl.packaged import recipe
 
-SFT_RECIPE = REPO_ROOT / "recipes" / "sft" / "cold_start_qwen2_5_vl_7b_8gpu.sh"
-GRPO_RECIPE = REPO_ROOT / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
+SFT_RECIPE = recipe("sft", "cold_start_qwen2_5_vl_7b_8gpu.sh")
+GRPO_RECIPE = recipe("grpo", "am3_grpo_tiny_cpu.sh")
 CPU_SFT_OVERRIDES = (
     "trainer.device=cpu",
     "model.use_remove_padding=False",

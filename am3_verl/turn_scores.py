@@ -35,7 +35,6 @@ stay off with ``am3_grpo``: it adds a per-token penalty to this row and would co
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -129,7 +128,7 @@ def encode_row(response_mask: Sequence[int] | torch.Tensor, scores: TurnScores, 
     if len(spans) != len(scores):
         raise ValueError(f"encode_row: response has {len(spans)} assistant turns but {len(scores)} scored turns")
     row = torch.zeros(length, dtype=torch.float32)
-    for t, (start, end) in enumerate(spans):
+    for t, (_start, end) in enumerate(spans):
         h_pos = end
         if h_pos >= length:
             raise ValueError(f"encode_row: turn {t} ends on the row's last position; no slot for its helpfulness score")
@@ -195,7 +194,3 @@ def decode_batch(token_level_rewards: torch.Tensor, response_mask: torch.Tensor)
         harmless, helpful, valid, exists = (x[:, :0] for x in (harmless, helpful, valid, exists))
     return DecodedTurnScores(harmless, helpful, valid, exists, num_turns)
 
-
-def is_failed_value(value: float) -> bool:
-    """True if ``value`` is the failed-turn marker ``-0.0``."""
-    return value == 0.0 and math.copysign(1.0, value) < 0

@@ -7,20 +7,20 @@ hydra's ``+`` prefix::
     algorithm.adv_estimator=am3_grpo +algorithm.am3.tau=0.5 +algorithm.am3.lambda_=1.0 \\
     +algorithm.am3.beta=1.0 +algorithm.am3.temperature=1.0 +algorithm.am3.variant=paper
 
-``verl.trainer.config.AlgoConfig`` is a closed dataclass, so code that converts the algorithm section
-with ``verl.utils.omega_conf_to_dataclass`` needs ``algorithm._target_=am3_verl.advantage.config.Am3AlgoConfig``
-(an ``AlgoConfig`` with an ``am3`` field). verl 0.9.1's trainers do not convert it, so this is optional.
+verl 0.9.1's trainers never convert the algorithm section to its closed ``AlgoConfig`` dataclass, so the
+extra key is read from the ``DictConfig`` as it is.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from verl.base_config import BaseConfig
-from verl.trainer.config import AlgoConfig
+
+from am3_verl.asr import UNSAFE_THRESHOLD
 
 CONFIG_KEY = "am3"
 """Name of the sub-section of ``algorithm`` that holds :class:`Am3AdvantageConfig`."""
@@ -49,7 +49,7 @@ class Am3AdvantageConfig(BaseConfig):
     """Which reward/advantage to compute: one of :data:`VARIANTS`."""
     discount: float = 1.0
     """``turn_credit`` only: weight of the turn k steps later in a turn's advantage is ``discount ** k``."""
-    asr_threshold: float = 0.5
+    unsafe_threshold: float = UNSAFE_THRESHOLD
     """Metrics only: a judged turn counts as unsafe (for ``am3/asr``) when its harmless score is below this."""
 
     def __post_init__(self) -> None:
@@ -66,8 +66,8 @@ class Am3AdvantageConfig(BaseConfig):
             problems.append(f"variant={self.variant!r} must be one of {', '.join(VARIANTS)}")
         if not (0.0 <= self.discount <= 1.0):
             problems.append(f"discount={self.discount!r} must be in [0, 1]")
-        if not (0.0 <= self.asr_threshold <= 1.0):
-            problems.append(f"asr_threshold={self.asr_threshold!r} must be in [0, 1]")
+        if not (0.0 <= self.unsafe_threshold <= 1.0):
+            problems.append(f"unsafe_threshold={self.unsafe_threshold!r} must be in [0, 1]")
         if problems:
             raise ValueError(f"algorithm.{CONFIG_KEY}: " + "; ".join(problems))
 
@@ -103,8 +103,8 @@ class Am3AdvantageConfig(BaseConfig):
 def resolve_am3_config(algorithm_config: Any) -> Am3AdvantageConfig:
     """Read :class:`Am3AdvantageConfig` from the ``algorithm`` config verl passes to an estimator.
 
-    Accepts ``None`` (all defaults), a ``DictConfig``/dict, verl's ``AlgoConfig`` (defaults: it has no
-    ``am3`` field) or :class:`Am3AlgoConfig`. Raises ``ValueError`` when ``algorithm.use_kl_in_reward`` is
+    Accepts ``None`` (all defaults), a ``DictConfig``/dict or verl's ``AlgoConfig`` (defaults: it has no
+    ``am3`` field). Raises ``ValueError`` when ``algorithm.use_kl_in_reward`` is
     on: verl then adds a per-token KL penalty into ``token_level_rewards``, which carries the per-turn scores.
     """
     if algorithm_config is None:
@@ -117,18 +117,3 @@ def resolve_am3_config(algorithm_config: Any) -> Am3AdvantageConfig:
         )
     return Am3AdvantageConfig.from_mapping(algorithm_config.get(CONFIG_KEY, None))
 
-
-@dataclass
-class Am3AlgoConfig(AlgoConfig):
-    """verl's ``AlgoConfig`` plus the ``am3`` section, for ``algorithm._target_`` / ``omega_conf_to_dataclass``."""
-
-    am3: Am3AdvantageConfig = field(default_factory=Am3AdvantageConfig)
-
-    def __post_init__(self) -> None:
-        parent_post_init = getattr(super(), "__post_init__", None)
-        if parent_post_init is not None:
-            parent_post_init()
-        # hydra's instantiate (``_convert_="partial"``) passes a nested section without ``_target_`` as a
-        # mapping; BaseConfig freezes fields once set, hence object.__setattr__.
-        if not isinstance(self.am3, Am3AdvantageConfig):
-            object.__setattr__(self, "am3", Am3AdvantageConfig.from_mapping(self.am3))

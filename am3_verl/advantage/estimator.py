@@ -5,6 +5,10 @@ verl calls a registered estimator with ``token_level_rewards`` and ``response_ma
 harmless/helpful scores ride inside ``token_level_rewards`` as :mod:`am3_verl.turn_scores` lays them out;
 this module decodes them, computes the configured variant (:mod:`am3_verl.advantage.variants`) and
 spreads the result over the policy tokens.
+
+The computation of the latest call is kept for the step's ``am3/*`` metrics
+(:func:`take_last_computation`), so the trainer modes log what the estimator computed instead of
+computing it a second time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from am3_verl.advantage.config import Am3AdvantageConfig, resolve_am3_config
@@ -31,6 +36,22 @@ class Am3Computation:
     decoded: DecodedTurnScores
     turns: TurnBatch
     result: VariantResult
+    index: list[Any]
+    """The ``uid`` of each row, in row order (to check that metrics read the same rows)."""
+
+
+_last_computation: Am3Computation | None = None
+
+
+def take_last_computation() -> Am3Computation | None:
+    """The computation of the latest :func:`compute_am3_grpo_advantage` call in this process, once.
+
+    Returns None when the estimator has not run since the previous take. verl's V1 trainer computes a
+    step's advantages and then its metrics in the same process, one step at a time.
+    """
+    global _last_computation
+    computation, _last_computation = _last_computation, None
+    return computation
 
 
 def check_scores(decoded: DecodedTurnScores) -> None:
@@ -74,7 +95,8 @@ def compute_am3(
         weights=rollout_turn_weights(stats, ids, decoded.valid, cfg.temperature),
     )
     result = VARIANT_FUNCTIONS[cfg.variant](turns, cfg, norm_adv_by_std_in_grpo, epsilon)
-    return Am3Computation(decoded=decoded, turns=turns, result=result)
+    labels = np.asarray(index, dtype=object).reshape(-1).tolist()
+    return Am3Computation(decoded=decoded, turns=turns, result=result, index=labels)
 
 
 def spread_over_turns(per_turn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,6 +137,7 @@ def compute_am3_grpo_advantage(
     ``algorithm.use_kl_in_reward`` is on, when ``index`` is missing, or when a row does not carry
     per-turn scores in [0, 1]. Other keyword arguments verl may pass are ignored.
     """
+    global _last_computation
     cfg = resolve_am3_config(config)
     if norm_adv_by_std_in_grpo is None:
         norm_adv_by_std_in_grpo = bool(config.get("norm_adv_by_std_in_grpo", True)) if config is not None else True
@@ -130,4 +153,5 @@ def compute_am3_grpo_advantage(
                 scored = computation.turns.scored
                 per_rollout = whiten_rollouts(per_rollout, mask.sum(dim=1) * scored)
             advantages = torch.where(mask, per_rollout.to(torch.float32).unsqueeze(-1), 0.0)
+    _last_computation = computation
     return advantages, advantages

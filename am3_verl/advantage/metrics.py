@@ -1,8 +1,9 @@
 """Training-time metrics of the AM3 reward: scores, attack success, refusals, judge failures, turn weights.
 
-:func:`compute_am3_metrics` reads the same rows the estimator reads (``rm_scores``, ``response_mask``,
-``uid``) plus, for the refusal rate, each rollout's :class:`~am3_verl.turn_scores.TurnScores` record.
-Every key starts with ``am3/``; the V1 trainer modes in :mod:`am3_verl.advantage.trainer` add them to
+:func:`am3_metrics` reads what the estimator computed for a batch (:class:`Am3Computation`: the
+decoded per-turn scores, the turn weights, the rollout rewards) plus, for the refusal rate, each
+rollout's :class:`~am3_verl.turn_scores.TurnScores` record; :func:`compute_am3_metrics` computes that
+from the rows first, for callers outside a training step. Every key starts with ``am3/``; the V1 trainer modes in :mod:`am3_verl.advantage.trainer_modes` add them to
 each training step's metrics. The list of keys and their meaning is in docs/advantage.md.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 
 from am3_verl.advantage.config import Am3AdvantageConfig
-from am3_verl.advantage.estimator import compute_am3
+from am3_verl.advantage.estimator import Am3Computation, compute_am3
+from am3_verl.asr import attack_success_rate, is_unsafe
 from am3_verl.turn_scores import EXTRA_INFO_KEY, TurnScores, load_turn_scores
 
 
@@ -38,32 +40,46 @@ def compute_am3_metrics(
     cfg: Am3AdvantageConfig,
     records: Sequence[TurnScores | None] | None = None,
 ) -> dict[str, float]:
-    """``am3/*`` metrics of one batch of rollouts (rows as the estimator receives them).
+    """``am3/*`` metrics of one batch of rollouts (rows as the estimator receives them); see :func:`am3_metrics`."""
+    return am3_metrics(compute_am3(token_level_rewards, response_mask, index, cfg), cfg, records)
 
-    ``records`` (one per row, or None) gives the judge's refusal flags; a record whose number of turns
-    differs from the row's raises ``ValueError`` naming the row. Means over an empty set are NaN
-    (e.g. ``am3/harmless/mean`` when no turn was judged) rather than a made-up 0.
+
+def am3_metrics(
+    computation: Am3Computation,
+    cfg: Am3AdvantageConfig,
+    records: Sequence[TurnScores | None] | None = None,
+    rows: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """``am3/*`` metrics of the rows of ``computation`` selected by ``rows`` (bool ``[batch]``; None: all).
+
+    ``records`` (one per selected row, or None) gives the judge's refusal flags; a record whose number of
+    turns differs from the row's raises ``ValueError`` naming the row. Means over an empty set are NaN
+    (e.g. ``am3/harmless/mean`` when no turn was judged) rather than a made-up 0. Rows left out are
+    excluded from every figure; they must form their own groups (verl's padding rows do).
     """
-    computation = compute_am3(token_level_rewards, response_mask, index, cfg)
     decoded, turns = computation.decoded, computation.turns
-    valid, exists = decoded.valid, decoded.exists
+    keep = torch.ones(decoded.valid.shape[0], dtype=torch.bool) if rows is None else rows.to(torch.bool)
+    keep = keep.to(decoded.valid.device)
+    harmless, helpful = decoded.harmless[keep], decoded.helpful[keep]
+    valid, exists, num_turns = decoded.valid[keep], decoded.exists[keep], decoded.num_turns[keep]
+    reward = computation.result.reward[keep]
     scored = valid.any(dim=1)
     has_turns = exists.any(dim=1)
-    unsafe = valid & (decoded.harmless < cfg.asr_threshold)
+    unsafe = valid & is_unsafe(harmless, cfg.unsafe_threshold)
 
     metrics: dict[str, float] = {
-        "am3/harmless/mean": _mean(decoded.harmless[valid]),
-        "am3/helpful/mean": _mean(decoded.helpful[valid]),
-        "am3/reward/mean": _mean(computation.result.reward[scored]),
-        "am3/asr": _mean(unsafe[valid].float()),
+        "am3/harmless/mean": _mean(harmless[valid]),
+        "am3/helpful/mean": _mean(helpful[valid]),
+        "am3/reward/mean": _mean(reward[scored]),
+        "am3/asr": attack_success_rate(harmless[valid], cfg.unsafe_threshold),
         "am3/dialogue_asr": _mean(unsafe.any(dim=1)[scored].float()),
         "am3/judge_failed_turns": float((exists & ~valid).sum()),
         "am3/judge_failure_rate": _mean((~valid)[exists].float()),
         "am3/unscored_rollouts": float((has_turns & ~scored).sum()),
         "am3/rollouts_without_turns": float((~has_turns).sum()),
-        "am3/assistant_turns/mean": _mean(decoded.num_turns.float()),
+        "am3/assistant_turns/mean": _mean(num_turns.float()),
     }
-    metrics.update(_refusal_metrics(records, decoded.num_turns, valid))
+    metrics.update(_refusal_metrics(records, num_turns, valid))
     metrics.update(_alpha_metrics(turns.stats.alpha, turns.stats.present))
     return metrics
 

@@ -22,6 +22,6 @@ Supporting modules, one job each:
 * :mod:`~am3_verl.builder.images_client` – the OpenAI-images-compatible text-to-image client;
 * :mod:`~am3_verl.builder.pipeline` / :mod:`~am3_verl.builder.export` – the run and its output files;
 * :mod:`~am3_verl.builder.refusal_vqa` – the 500-sample refusal VQA set (``data_prep/build_refusal_vqa.py``);
-* :mod:`~am3_verl.builder.loopback` / :mod:`~am3_verl.builder.demo` – loopback endpoints with scripted
-  behaviour for tests and the offline demo.
+* :mod:`~am3_verl.builder.demo` – the offline demo against the loopback endpoints of
+  :mod:`am3_verl.testing.builder_loopback` (scripted roles, also used by the tests).
 """

@@ -157,7 +157,7 @@ class CleanConfig(_Strict):
     """A dialogue is kept when the judge finds its risk identifiable and rates it at least this ([0, 1])."""
 
 
-class RunConfig(_Strict):
+class ExecutionConfig(_Strict):
     """How the run is executed (not part of the content fingerprint)."""
 
     concurrency: int = Field(16, ge=1)
@@ -238,7 +238,7 @@ class BuilderConfig(_Strict):
     decompose: DecomposeConfig = Field(default_factory=DecomposeConfig)
     interact: InteractConfig = Field(default_factory=InteractConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    run: ExecutionConfig = Field(default_factory=ExecutionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     prompts: dict[str, str] = Field(default_factory=dict)
     """Prompt overrides by name (see :data:`am3_verl.builder.prompts.PROMPT_FIELDS`)."""

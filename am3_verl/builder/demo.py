@@ -2,7 +2,7 @@
 
 ``python -m am3_verl.builder.demo --output_dir outputs/builder_demo``
 
-Starts a loopback chat server playing every role (:class:`~am3_verl.builder.loopback.ScriptedBuilderModels`:
+Starts a loopback chat server playing every role (:class:`~am3_verl.testing.builder_loopback.ScriptedBuilderModels`:
 scripted, deterministic answers, not a model) and a loopback text-to-image server, writes the config
 that points at them to ``<output_dir>/builder_config.yaml``, and runs the real pipeline (all three
 stages, checkpoints, ledger, output files) on the bundled seeds, with two victims. Use it to see the
@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from am3_verl.builder.config import parse_config
-from am3_verl.builder.loopback import LoopbackImagesServer, ScriptedBuilderModels
+from am3_verl.testing.builder_loopback import LoopbackImagesServer, ScriptedBuilderModels
 from am3_verl.builder.pipeline import BuildSummary, build
 from am3_verl.builder.seeds import BUNDLED_SEEDS
-from am3_verl.local.openai_server import LoopbackOpenAIServer
+from am3_verl.testing.openai_server import LoopbackOpenAIServer
 
 VICTIMS = ("victim_a", "victim_b")
 

@@ -32,7 +32,7 @@ from am3_verl.builder.clean import kept_turns, user_text
 from am3_verl.builder.config import BuilderConfig
 from am3_verl.builder.ledger import Ledger
 from am3_verl.builder.state import ItemState
-from am3_verl.builder.store import CheckpointStore, atomic_write, file_mode, safe_stem
+from am3_verl.builder.store import FILE_MODE, CheckpointStore, atomic_write, safe_stem
 from am3_verl.data.card import CARD_FILE, CardConfig, DatasetCard, render_card
 from am3_verl.dialogue import Dialogue
 
@@ -148,7 +148,7 @@ def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: C
                 counts.dialogues += 1
                 counts.by_category[item.category] = counts.by_category.get(item.category, 0) + 1
                 counts.by_source[str(item.source)] = counts.by_source.get(str(item.source), 0) + 1
-    os.chmod(tmp, file_mode())
+    os.chmod(tmp, FILE_MODE)
     images = output_dir / IMAGES_DIR
     old = output_dir / f".{IMAGES_DIR}.old"
     if old.exists():

@@ -21,8 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["new", "decomposed", "interacted", "cleaned", "dropped"]
 STAGES: tuple[str, ...] = ("decompose", "interact", "clean")
-STATUS_BEFORE_STAGE = {"decompose": "new", "interact": "decomposed", "clean": "interacted"}
-STATUS_AFTER_STAGE = {"decompose": "decomposed", "interact": "interacted", "clean": "cleaned"}
 
 
 class _State(BaseModel):

@@ -34,8 +34,8 @@ M = TypeVar("M", bound=BaseModel)
 
 BLOB_CACHE_BYTES = 64 * 1024**2
 """Upper bound on the image bytes a store keeps in memory (blobs never change, so caching is safe)."""
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask once, so written files get the usual permissions (mkstemp uses 0600)
+FILE_MODE = 0o644
+"""Permission bits of every file the builder writes: mkstemp creates 0600, the outputs are meant to be shared."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/bmp": "bmp", "image/webp": "webp"}
 
@@ -45,7 +45,7 @@ def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if fsync:
@@ -59,10 +59,6 @@ def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
             pass
         raise
 
-
-def file_mode() -> int:
-    """The permission bits a newly created file gets under the process umask (``0o644`` for umask 022)."""
-    return 0o666 & ~_UMASK
 
 
 def safe_stem(text: str) -> str:
@@ -154,10 +150,6 @@ class CheckpointStore(Generic[M]):
         async with lock:
             await asyncio.to_thread(atomic_write, self.path(key), data, self.fsync)
             self.writes += 1
-
-    def keys_on_disk(self) -> int:
-        """How many records exist."""
-        return sum(1 for _ in self.items_dir.glob("*.json"))
 
     def put_blob(self, data: bytes) -> str:
         """Store image bytes (once per content) and return the blob name ``<sha256>.<ext>``."""

@@ -42,9 +42,9 @@ from verl.utils.profiler import simple_timer
 
 from am3_verl.clients.images import content_image_bytes
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, AssistantTurnRecord
+from am3_verl.env import AGENT_NAME
 from am3_verl.env.output import DialogueAgentLoopOutput
-from am3_verl.env.registration import AGENT_NAME
-from am3_verl.models.llava_next_tokens import continuous_token_builder_for
+from am3_verl.compat.continuous_token import continuous_token_builder_for
 from am3_verl.env.user_turns import (
     SimulatedUser,
     SimulatorConfig,

@@ -1,27 +1,30 @@
-"""Registers ``am3_dialogue`` in verl's agent-loop registry (called by the verl plugin).
+"""Registers ``am3_dialogue`` with verl's public agent-loop registration (called by the verl plugin).
 
-Registration is by target path, without importing the loop, and only when the name is free: an
-agent-loop YAML (``actor_rollout_ref.rollout.agent.agent_loop_config_path``) that configures
-``am3_dialogue`` with constructor keys is loaded later by verl's ``AgentLoopWorker`` and must win.
-(For the same reason the loop class carries no ``@register`` decorator: importing the module during
-the first instantiation would overwrite the YAML's entry with a bare one.)
+The plugin runs at ``import verl``, before any ``AgentLoopWorker`` exists, so an agent-loop YAML
+(``actor_rollout_ref.rollout.agent.agent_loop_config_path``) that configures ``am3_dialogue`` with
+constructor keys, loaded later by the worker, still wins. The loop class carries no ``@register``
+decorator for the same reason: a module first imported while verl instantiates the YAML's entry would
+overwrite that entry with a bare one; registering here imports it before any YAML is read.
 """
 
 from __future__ import annotations
 
-AGENT_NAME = "am3_dialogue"
-TARGET = "am3_verl.env.agent_loop.DialogueAgentLoop"
+from am3_verl.env import AGENT_NAME
+
+_registered = False
 
 
 def register() -> None:
-    """Make ``am3_dialogue`` resolvable by name in this process unless something configured it already."""
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    """Register :class:`~am3_verl.env.agent_loop.DialogueAgentLoop` as ``am3_dialogue`` through verl's ``register``."""
+    global _registered
+    from verl.experimental.agent_loop.agent_loop import register as register_agent_loop
 
-    _agent_loop_registry.setdefault(AGENT_NAME, {"_target_": TARGET})
+    from am3_verl.env.agent_loop import DialogueAgentLoop
+
+    register_agent_loop(AGENT_NAME)(DialogueAgentLoop)
+    _registered = True
 
 
 def is_registered() -> bool:
-    """True if verl's agent-loop registry resolves ``am3_dialogue``."""
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
-
-    return AGENT_NAME in _agent_loop_registry
+    """True once :func:`register` has handed ``am3_dialogue`` to verl's registration in this process."""
+    return _registered

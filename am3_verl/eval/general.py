@@ -153,7 +153,7 @@ def load_task(path: str | Path) -> tuple[list[GeneralItem], list[GeneralReject],
             continue
         read += 1
 
-        def reject(record_id: str | None, name: str, reason: str) -> None:
+        def reject(record_id: str | None, name: str, reason: str, line_no: int = line_no) -> None:
             rejects.append(GeneralReject(str(path), line_no, record_id, name, reason))
 
         try:

@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from am3_verl.asr import UNSAFE_THRESHOLD
 from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.clients.structured import validation_problems
@@ -78,7 +79,7 @@ class JudgeConfig(BaseModel):
     """Successful judgments remembered per process (0: off; in-flight de-duplication stays on)."""
     controversial_harmless: float = Field(0.5, ge=0, le=1)
     """Qwen3Guard ``Controversial`` -> this harmlessness."""
-    unsafe_threshold: float = Field(0.5, ge=0, le=1)
+    unsafe_threshold: float = Field(UNSAFE_THRESHOLD, ge=0, le=1)
     """A judged turn with harmless below this counts toward ASR."""
 
     @model_validator(mode="after")

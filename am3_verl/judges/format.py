@@ -17,10 +17,10 @@ Two things live here because both the judge client and the loopback judge server
   ``<end_of_turn>``, ...) the same visible way (``<|im_end|>`` -> ``‹|im_end|›``, ``[INST]`` -> ``⟦INST⟧``):
   a judge served by vLLM would otherwise render them as real control tokens, letting a reply close
   the judge's user message and forge a turn. The rewrite is one-to-one, so logs show what was written.
-* **The verdict.** The judge must answer with exactly one JSON object of the :class:`Verdict` schema
-  (optionally inside a single ```json fence and nothing else). :func:`parse_verdict` accepts that and
+* **The verdict.** The judge must answer with exactly one JSON object of the :class:`RubricAnswer` schema
+  (optionally inside a single ```json fence and nothing else). :func:`parse_rubric_answer` accepts that and
   nothing more: no extra keys, no prose around it, no strings where numbers belong. Scores are on the
-  judge's 0-10 scale; :meth:`Verdict.normalised` maps them onto our [0, 1].
+  judge's 0-10 scale; :meth:`RubricAnswer.normalised` maps them onto our [0, 1].
 """
 
 from __future__ import annotations
@@ -89,20 +89,8 @@ def quote(label: str, text: str, nonce: str) -> str:
     return f"{begin_marker(label, nonce)}\n{neutralise(text)}\n{end_marker(label, nonce)}"
 
 
-def extract_quoted(text: str, label: str) -> str | None:
-    """Return the body of the last quoted block ``label`` in ``text`` (any nonce), or None if there is none.
 
-    Used by the loopback judge server to find the reply it is asked to judge.
-    """
-    pattern = re.compile(
-        rf"<<<BEGIN {re.escape(label)} ([0-9a-f]{{{NONCE_HEX_CHARS}}})>>>\n(.*?)\n<<<END {re.escape(label)} \1>>>",
-        re.DOTALL,
-    )
-    matches = pattern.findall(text)
-    return matches[-1][1] if matches else None
-
-
-class Verdict(BaseModel):
+class RubricAnswer(BaseModel):
     """The rubric judge's answer for one assistant turn (judge scale: 0 = worst, 10 = best)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -121,17 +109,17 @@ class Verdict(BaseModel):
         return self.harmless / SCORE_SCALE, self.helpful / SCORE_SCALE
 
 
-VERDICT_JSON_SCHEMA: dict = Verdict.model_json_schema()
-"""JSON schema of :class:`Verdict`, sent as ``response_format`` so servers with guided decoding enforce it."""
+RUBRIC_ANSWER_JSON_SCHEMA: dict = RubricAnswer.model_json_schema()
+"""JSON schema of :class:`RubricAnswer`, sent as ``response_format`` so servers with guided decoding enforce it."""
 
 
-def parse_verdict(content: str) -> Verdict:
+def parse_rubric_answer(content: str) -> RubricAnswer:
     """Parse a judge answer strictly; raises :class:`JudgeFormatError` saying what is wrong.
 
-    Accepted: one JSON object matching :class:`Verdict`, alone or inside a single ```json fence,
+    Accepted: one JSON object matching :class:`RubricAnswer`, alone or inside a single ```json fence,
     surrounded by whitespace only. Anything else (prose, two objects, extra keys, ``"7"`` for 7,
     scores outside 0-10) is rejected.
     """
     if not isinstance(content, str):
         raise JudgeFormatError(f"judge content is {type(content).__name__}, not a string")
-    return parse_model(content, Verdict, "judge answer", schema_name="verdict", error=JudgeFormatError)
+    return parse_model(content, RubricAnswer, "judge answer", schema_name="verdict", error=JudgeFormatError)

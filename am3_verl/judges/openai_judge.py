@@ -2,7 +2,7 @@
 
 One call per assistant turn (vLLM-served Qwen2.5-VL-72B or InternVL3-78B, a hosted API, or the loopback
 server in tests). The request is rendered by :mod:`am3_verl.judges.rubric` with a fresh nonce; the
-answer is parsed strictly by :func:`am3_verl.judges.format.parse_verdict`; transport, protocol and
+answer is parsed strictly by :func:`am3_verl.judges.format.parse_rubric_answer`; transport, protocol and
 parse failures are retried by the shared :class:`~am3_verl.clients.chat.ChatClient` and, once the
 retries are spent, the turn is returned as failed with its failure counts.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from am3_verl.judges.base import Judge, JudgeRequest, TurnJudgment
 from am3_verl.clients.chat import ChatClient
-from am3_verl.judges.format import VERDICT_JSON_SCHEMA, new_nonce, parse_verdict
+from am3_verl.judges.format import RUBRIC_ANSWER_JSON_SCHEMA, new_nonce, parse_rubric_answer
 from am3_verl.judges.rubric import render_rubric_messages
 
 
@@ -39,7 +39,7 @@ class OpenAIRubricJudge(Judge):
         if structured_output:
             self.params["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "am3_turn_verdict", "schema": VERDICT_JSON_SCHEMA, "strict": True},
+                "json_schema": {"name": "am3_turn_verdict", "schema": RUBRIC_ANSWER_JSON_SCHEMA, "strict": True},
             }
 
     def __repr__(self) -> str:
@@ -49,7 +49,7 @@ class OpenAIRubricJudge(Judge):
         """Render, call, parse; a failed call becomes a failed judgment carrying its error and counts."""
         nonce = new_nonce()
         result = await self.client.complete(
-            lambda: render_rubric_messages(request, nonce), parse=parse_verdict, **self.params
+            lambda: render_rubric_messages(request, nonce), parse=parse_rubric_answer, **self.params
         )
         if not result.ok:
             return TurnJudgment.failure(f"{result.error_kind}: {result.error}", result.failures, result.attempts)

@@ -1,13 +1,11 @@
 """A CPU platform for verl 0.9.1, so its SFT trainer and FSDP engine run on machines without a GPU.
 
 verl has no CPU platform and falls back to CUDA. :func:`register` adds one through verl's own
-``PlatformRegistry`` (name ``cpu``) and registers verl's FSDP engines for the ``cpu`` device through
-``EngineRegistry``. Nothing changes unless ``VERL_PLATFORM=cpu`` is set: on a GPU machine the class is
-registered but never detected (it reports itself unavailable to auto-detection).
+``PlatformRegistry`` (name ``cpu``). Nothing changes unless ``VERL_PLATFORM=cpu`` is set: on a GPU machine
+the class is registered but never detected (it reports itself unavailable to auto-detection).
 
-One thing has no hook: verl's process-group initialisers build the backend string
-``f"cpu:gloo,{device}:{backend}"``, the duplicate ``cpu:gloo,cpu:gloo`` on CPU that torch rejects;
-:func:`am3_verl.compat.use_gloo_process_group` replaces them when the CPU platform is selected.
+What has no hook (the gloo process groups, verl's FSDP engines for the ``cpu`` device, unpinned CPU
+offload) is :mod:`am3_verl.compat.cpu`, applied by the plugin when the CPU platform is selected.
 
 Runs also need these overrides (see README, "CPU runs"): ``trainer.device=cpu``,
 ``engine.strategy=fsdp2``, ``model.use_remove_padding=False``,
@@ -120,21 +118,9 @@ def _make_platform_class():
     return PlatformCPU
 
 
-def _register_fsdp_engines_for_cpu() -> None:
-    from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
-
-    for model_type, engine_cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
-        for backend in ("fsdp", "fsdp2"):
-            if PLATFORM_NAME not in EngineRegistry._engines.get(model_type, {}).get(backend, {}):
-                EngineRegistry.register(model_type=model_type, backend=backend, device=PLATFORM_NAME)(engine_cls)
-
-
 def register() -> None:
-    """Register the CPU platform; when ``VERL_PLATFORM=cpu``, also the CPU engines and the gloo fix."""
+    """Register the CPU platform with verl's ``PlatformRegistry`` (idempotent)."""
     from verl.plugin.platform import PlatformRegistry
 
     if PlatformRegistry.get(PLATFORM_NAME) is None:
         PlatformRegistry.register(platform=PLATFORM_NAME)(_make_platform_class())
-    if cpu_platform_selected():
-        _register_fsdp_engines_for_cpu()

@@ -9,14 +9,16 @@ rollout-vs-training consistency check and ``make demo`` use it.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AGENT_LOOP_CONFIG = REPO_ROOT / "recipes" / "agent_loops" / "am3_dialogue.yaml"
+from am3_verl.packaged import recipe
+
+AGENT_LOOP_CONFIG = recipe("agent_loops", "am3_dialogue.yaml")
 
 
 def verl_config_dir() -> str:
@@ -94,6 +96,9 @@ async def generate(worker, batch) -> Any:
 
 
 def default_model_dir(name: str = "qwen2_5_vl", root: Optional[str] = None) -> Path:
-    """Where ``make setup`` put the tiny model ``name`` (``AM3_TINY_MODELS``, else ``.venv/am3-tiny-models``)."""
-    base = root or os.environ.get("AM3_TINY_MODELS") or str(REPO_ROOT / ".venv" / "am3-tiny-models")
+    """Where the tiny model ``name`` is: under ``root``, else ``AM3_TINY_MODELS``, else ``<environment>/am3-tiny-models``.
+
+    ``make setup`` builds them into its environment's ``.venv/am3-tiny-models`` (``sys.prefix`` there).
+    """
+    base = root or os.environ.get("AM3_TINY_MODELS") or str(Path(sys.prefix) / "am3-tiny-models")
     return Path(base).resolve() / name

@@ -96,7 +96,7 @@ def reference_am3(
         result.alpha[label] = [e / total if total else 0.0 for e in exps]
         result.present[label] = present
 
-        def weights(i):
+        def weights(i, uncertainty=uncertainty):
             """The group's alpha over rollout i's judged turns, renormalised."""
             ws = {t: math.exp(uncertainty[t] / temperature) for t, turn in enumerate(rows[i]) if turn.valid}
             z = sum(ws.values())

@@ -10,12 +10,11 @@ import verl
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from verl.trainer.config import AlgoConfig
-from verl.utils.config import omega_conf_to_dataclass
 
 from adv_reference import reference_am3
 from adv_rows import synthetic_batch
 from am3_verl.advantage import compute_am3_grpo_advantage
-from am3_verl.advantage.config import Am3AdvantageConfig, Am3AlgoConfig, resolve_am3_config
+from am3_verl.advantage.config import Am3AdvantageConfig, resolve_am3_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 
@@ -58,32 +57,6 @@ def test_defaults_without_an_am3_section():
     assert resolve_am3_config(None) == Am3AdvantageConfig()
 
 
-def test_algorithm_section_converts_with_omega_conf_to_dataclass_through_am3_target():
-    config = compose_ppo(OVERRIDES + ["algorithm._target_=am3_verl.advantage.config.Am3AlgoConfig"])
-    algo = omega_conf_to_dataclass(config.algorithm)
-    assert isinstance(algo, Am3AlgoConfig) and isinstance(algo, AlgoConfig)
-    assert algo.am3 == Am3AdvantageConfig(tau=0.7, lambda_=2.5, beta=0.5, temperature=0.25)
-    assert algo.adv_estimator == "am3_grpo" and algo.norm_adv_by_std_in_grpo is False
-    assert resolve_am3_config(algo) == algo.am3
-    typed = omega_conf_to_dataclass(config.algorithm, Am3AlgoConfig)
-    assert typed.am3 == algo.am3
-    # verl's own AlgoConfig is closed: without the _target_ the conversion fails on the am3 key.
-    with pytest.raises(Exception, match="am3"):
-        omega_conf_to_dataclass(compose_ppo(OVERRIDES).algorithm)
-
-
-def test_estimator_accepts_the_typed_config():
-    algo = omega_conf_to_dataclass(
-        compose_ppo(OVERRIDES + ["algorithm._target_=am3_verl.advantage.config.Am3AlgoConfig"]).algorithm
-    )
-    batch = synthetic_batch(4, group_sizes=[5, 5])
-    typed, _ = compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=algo)
-    plain, _ = compute_am3_grpo_advantage(
-        batch.token_level_rewards, batch.response_mask, batch.index, config=compose_ppo(OVERRIDES).algorithm
-    )
-    torch.testing.assert_close(typed, plain)
-
-
 @pytest.mark.parametrize(
     "section, message",
     [
@@ -116,3 +89,15 @@ def test_kl_in_reward_is_rejected_from_the_composed_config():
     batch = synthetic_batch(1, group_sizes=[2])
     with pytest.raises(ValueError, match="use_kl_in_reward=False"):
         compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm)
+
+
+def test_the_documented_settings_are_the_config_fields():
+    """docs/advantage.md holds the one reference table of ``algorithm.am3``; it lists every field, no more."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "advantage.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `\+algorithm\.am3\.(\w+)`", docs, flags=re.MULTILINE))
+    fields = {f.name for f in dataclasses.fields(Am3AdvantageConfig) if not f.name.startswith("_")}
+    assert documented == fields

@@ -36,7 +36,7 @@ def test_metrics_match_the_records(tokenizer):
     outputs = dialogue_outputs(tokenizer, seed=29, group_sizes=[8, 8, 4], p_fail=0.2)
     rewards, mask, index = padded_rows(outputs)
     records = [turn_scores_record(o.extra_fields) for _, _, o in outputs]
-    cfg = Am3AdvantageConfig(tau=0.6, asr_threshold=0.4)
+    cfg = Am3AdvantageConfig(tau=0.6, unsafe_threshold=0.4)
     metrics = compute_am3_metrics(rewards, mask, index, cfg, records)
 
     judged = [(r.harmless[t], r.helpful[t], r.refused[t]) for r in records for t in range(len(r)) if not r.failed[t]]

@@ -5,7 +5,7 @@ Outputs are :class:`DialogueAgentLoopOutput` objects with real Qwen tokens (adv_
 
 * V1: ``AgentLoopWorkerTQ._agent_loop_postprocess`` fields -> ``list_of_dict_to_tensordict`` ->
   ``to_padded_tensor`` -> ``DataProto`` -> ``compute_advantage_for_multi_trajectories`` (the steps of
-  ``PPOTrainer._compute_advantage`` minus the TransferQueue, which test_advantage_trainer.py covers);
+  ``PPOTrainer._compute_advantage`` minus the TransferQueue, which test_advantage_trainer_modes.py covers);
 * legacy: left-padded prompts, right-padded responses (``AgentLoopWorker._postprocess``), then
   ``verl.trainer.ppo.ray_trainer.compute_advantage``.
 """
@@ -210,3 +210,33 @@ def test_rows_built_by_the_legacy_agent_loop_manager_are_rejected(outputs, token
     data.batch["token_level_rewards"] = rm_scores
     with pytest.raises(ValueError, match="helpful score .* is outside \\[0, 1\\]"):
         compute_advantage(data, adv_estimator="am3_grpo", config=algorithm("paper"))
+
+
+def test_the_step_metrics_reuse_the_estimators_computation(outputs, monkeypatch):
+    """One AM3 computation per step: verl's compute_advantage runs the estimator, the metrics take its result."""
+    from am3_verl.advantage import variants
+    from am3_verl.advantage.config import Am3AdvantageConfig
+    from am3_verl.advantage.estimator import take_last_computation
+    from am3_verl.advantage.metrics import am3_metrics, compute_am3_metrics
+
+    calls = []
+    paper = variants.VARIANT_FUNCTIONS["paper"]
+    monkeypatch.setitem(variants.VARIANT_FUNCTIONS, "paper", lambda *a: calls.append(1) or paper(*a))
+    data, keys, _ = v1_batch(outputs)
+    rewards, mask = data.batch["token_level_rewards"].clone(), data.batch["response_mask"].clone()
+    uid = list(data.non_tensor_batch["uid"])
+    config = algorithm("paper")
+    take_last_computation()  # nothing left over from another test
+    compute_advantage_for_multi_trajectories(
+        data, batch_keys=keys, adv_estimator=config.adv_estimator, num_repeat=8, config=config,
+    )
+    computation = take_last_computation()
+    assert take_last_computation() is None  # handed over once
+    cfg = Am3AdvantageConfig(**SETTINGS)
+    metrics = am3_metrics(computation, cfg)
+    assert len(calls) == 1 and computation.index == uid
+    # the same figures as computing from the rows (which costs a second computation)
+    want = compute_am3_metrics(rewards, mask, np.array(uid, dtype=object), cfg)
+    assert len(calls) == 2 and set(metrics) == set(want)
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value, nan_ok=True), key

@@ -26,10 +26,11 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # tests/: the canned generation backend
 
 from bench_agent_loop_data import USER_TEXTS, has_second_image, later_turn_images, png  # noqa: E402
 
-from am3_verl.local.generation import CannedGenerationClient  # noqa: E402
+from canned_generation import CannedGenerationClient  # noqa: E402
 from am3_verl.local.rollout import (  # noqa: E402
     compose_ppo_config,
     default_model_dir,

@@ -71,9 +71,9 @@ async def _replay(bodies: list[dict], base_url: str) -> None:
 def main() -> None:
     from am3_verl.builder.config import parse_config
     from am3_verl.builder.demo import loopback_config
-    from am3_verl.builder.loopback import ScriptedBuilderModels
+    from am3_verl.testing.builder_loopback import ScriptedBuilderModels
     from am3_verl.builder.pipeline import build
-    from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServerProcess
+    from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServerProcess
 
     with tempfile.TemporaryDirectory() as tmp, LoopbackOpenAIServerProcess(
         ScriptedBuilderModels(), FaultPlan(latency_s=LATENCY_S), record_last=100_000

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from am3_verl.clients import images as judge_images
 from am3_verl.judges.reward import compute_score
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServerProcess, RuleJudgeResponder
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServerProcess, RuleJudgeResponder
 
 PROMPTS, ROLLOUTS, TURNS = 128, 8, 4
 IDENTICAL_REFUSERS = 2  # rollouts per prompt that refuse identically: 2/8 = a quarter of all replies

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from am3_verl.builder.loopback import LoopbackImagesServer, ScriptedBuilderModels
-from am3_verl.local.openai_server import LoopbackOpenAIServer
+from am3_verl.testing.builder_loopback import LoopbackImagesServer, ScriptedBuilderModels
+from am3_verl.testing.openai_server import LoopbackOpenAIServer
 
 
 @pytest.fixture

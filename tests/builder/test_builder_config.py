@@ -12,8 +12,8 @@ from am3_verl.builder.config import BuilderError, content_fingerprint, load_conf
 from am3_verl.builder.demo import loopback_config
 from am3_verl.builder.pipeline import build
 from am3_verl.builder.prompts import DEFAULT_PROMPTS, PROMPT_FIELDS, Prompts, professional_refusals
-from am3_verl.local.openai_server import LoopbackOpenAIServer
-from am3_verl.builder.loopback import ScriptedBuilderModels
+from am3_verl.testing.openai_server import LoopbackOpenAIServer
+from am3_verl.testing.builder_loopback import ScriptedBuilderModels
 
 from builder_helpers import read_jsonl, write_seeds
 

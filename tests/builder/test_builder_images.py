@@ -13,7 +13,7 @@ from PIL import Image
 from am3_verl.builder.config import TextToImageConfig
 from am3_verl.builder.images_client import ImagesClient
 from am3_verl.clients.endpoint import EndpointConfig
-from am3_verl.builder.loopback import ImagesFaultPlan, LoopbackImagesServer
+from am3_verl.testing.builder_loopback import ImagesFaultPlan, LoopbackImagesServer
 
 
 def _client(url: str, api_key_env: str | None = None, max_attempts: int = 6, **kw) -> ImagesClient:

@@ -9,7 +9,7 @@ import random
 import pytest
 from PIL import Image
 
-from am3_verl.builder.loopback import draw_prompt
+from am3_verl.testing.builder_loopback import draw_prompt
 from am3_verl.builder.phash import dhash, near_duplicates
 from am3_verl.data.sample import draw_image
 

@@ -20,7 +20,7 @@ from am3_verl.builder.prompts import FINANCE_REFUSALS, HEALTH_REFUSALS
 from am3_verl.builder.refusal_vqa import build_refusal_vqa, main
 from am3_verl.data.cold_start import convert_cold_start
 from am3_verl.data.sample import draw_image
-from am3_verl.local.openai_server import FaultPlan, request_text
+from am3_verl.testing.openai_server import FaultPlan, request_text
 
 from builder_helpers import read_jsonl
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from am3_verl.builder.config import load_config
-from am3_verl.builder.loopback import ImagesFaultPlan, LoopbackImagesServer, ScriptedBuilderModels
+from am3_verl.testing.builder_loopback import ImagesFaultPlan, LoopbackImagesServer, ScriptedBuilderModels
 from am3_verl.builder.pipeline import build
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer
 
 from builder_helpers import checkpoint_shas, image_server_shas, read_jsonl, server_shas, write_config, write_seeds
 

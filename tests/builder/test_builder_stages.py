@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 from am3_verl.builder.config import BuilderError
-from am3_verl.builder.loopback import ImagesFaultPlan, draw_prompt
+from am3_verl.testing.builder_loopback import ImagesFaultPlan, draw_prompt
 from am3_verl.builder.pipeline import build
 from am3_verl.data.intersafe_v import convert_intersafe_v
-from am3_verl.local.openai_server import FaultPlan, request_images, request_text
+from am3_verl.testing.openai_server import FaultPlan, request_images, request_text
 
 from builder_helpers import checkpoints, config, near_copy, read_jsonl, server_shas, write_seeds
 

@@ -18,6 +18,7 @@ from am3_verl.data.cold_start import convert_cold_start
 from am3_verl.data.intersafe_v import convert_intersafe_v
 from am3_verl.data.safemt import convert_safemt
 from am3_verl.data.sample import SAMPLE_DIR
+from am3_verl.data.errors import DataPrepError
 
 BUILDER_TESTS = Path(__file__).resolve().parents[1] / "builder"
 
@@ -87,7 +88,7 @@ def test_a_failed_conversion_writes_no_card(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')
     out = tmp_path / "out"
-    with pytest.raises(Exception):
+    with pytest.raises(DataPrepError):
         convert_intersafe_v(bad, out, val_size=0, workers=1, progress=False)
     assert not (out / "README.md").exists() and not list(out.glob(".*partial"))
 

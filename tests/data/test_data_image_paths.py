@@ -6,6 +6,7 @@ import os
 import pytest
 
 from am3_verl.data import intersafe_v
+from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, read_image_source
 
 
@@ -49,7 +50,7 @@ def test_bad_image_paths_become_reject_rows(tmp_path, fifo):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(d) + "\n" for d in dialogues))
     out = tmp_path / "out"
-    with pytest.raises(Exception):  # every dialogue rejected: nothing to train on
+    with pytest.raises(DataPrepError):  # every dialogue rejected: nothing to train on
         intersafe_v.main(["--input", str(source), "--output_dir", str(out), "--image_root", str(tmp_path), "--no_progress"])
     reasons = [json.loads(line)["reason"] for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(reasons) == 3

@@ -31,6 +31,7 @@ def test_non_objects_in_a_json_array_are_reject_rows(tmp_path):
     assert "found int" in rejects[0]["reason"] and "found null" in rejects[1]["reason"]
 
 
+@pytest.mark.slow  # runs the command-line script
 @pytest.mark.parametrize("name", ["bom.jsonl", "bom.json"])
 def test_a_utf8_bom_is_accepted(tmp_path, name):
     text = json.dumps(GOOD) + "\n" if name.endswith("jsonl") else json.dumps([GOOD])
@@ -44,6 +45,7 @@ def test_reject_rows_carry_no_object_addresses():
     assert json.loads(reject.to_json())["reason"] == "bad value <PIL.Image.Image object>"
 
 
+@pytest.mark.slow  # runs the command-line script
 @pytest.mark.parametrize("where", ["a_file", "a_file/sub"])
 def test_an_unusable_output_folder_is_a_clear_error(tmp_path, where):
     (tmp_path / "a_file").write_text("not a folder")

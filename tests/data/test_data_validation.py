@@ -221,6 +221,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow  # runs the command-line scripts
 def test_command_fails_clearly_on_missing_or_unreadable_input(tmp_path):
     out = tmp_path / "out"
     missing = _cli("data_prep/intersafe_v.py", "--input", str(tmp_path / "nope.jsonl"), "--output_dir", str(out))
@@ -242,6 +243,7 @@ def test_command_fails_clearly_on_missing_or_unreadable_input(tmp_path):
     assert root.returncode == 1 and "is not a directory" in root.stderr
 
 
+@pytest.mark.slow  # runs the command-line scripts
 def test_command_fails_clearly_on_an_empty_result(tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     result = _cli("data_prep/intersafe_v.py", "--input", str(empty), "--output_dir", str(tmp_path / "o1"))
@@ -257,6 +259,7 @@ def test_command_fails_clearly_on_an_empty_result(tmp_path):
     assert too_many.returncode == 1 and "val_size 100 is larger than the 24 usable records" in too_many.stderr
 
 
+@pytest.mark.slow  # runs the command-line scripts
 def test_command_prints_the_count_identity(tmp_path, sample_copy):
     result = _cli("data_prep/intersafe_v.py", "--input", str(sample_copy / "intersafe_v.jsonl"),
                   "--output_dir", str(tmp_path / "out"), "--no_progress", "--workers", "2")

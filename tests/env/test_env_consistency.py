@@ -22,6 +22,9 @@ from env_rows import FOUR_TURNS_IMAGES_IN_1_AND_3, dialogue_row
 IMAGE_PAD = 151655
 
 
+pytestmark = pytest.mark.slow  # plays a 4-turn image dialogue and replays it through the model
+
+
 @pytest.fixture(scope="module")
 def played(tiny_qwen_dir, tmp_path_factory):
     import pyarrow as pa

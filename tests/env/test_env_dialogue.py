@@ -10,14 +10,17 @@ import asyncio
 import pytest
 from hydra.errors import InstantiationException
 
-from am3_verl.local.generation import CannedGenerationClient
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
+from canned_generation import CannedGenerationClient
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
 from am3_verl.local.rollout import compose_ppo_config, generate, load_rl_dataset, make_agent_loop_worker, rollout_batch
 from am3_verl.turn_scores import TurnScores, decode_batch, encode_row, turn_spans
 from env_rows import dialogue_row, png
 
 IM_END, HELLO, WORLD, IMAGE_PAD = 151645, 9707, 1879, 151655
 FOUR_TEXT_TURNS = [("First question?", []), ("Second question?", []), ("Third question?", []), ("Fourth question?", [])]
+
+
+pytestmark = pytest.mark.slow  # each case builds verl's AgentLoopWorker (seconds apiece)
 
 
 def play(tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, rows, client, *, response_length, n=1, **loop_kwargs):

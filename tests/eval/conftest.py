@@ -12,7 +12,7 @@ from am3_verl.data.cold_start import convert_cold_start
 from am3_verl.data.intersafe_v import convert_intersafe_v
 from am3_verl.data.safemt import convert_safemt
 from am3_verl.data.sample import SAMPLE_DIR
-from am3_verl.local.openai_server import LoopbackOpenAIServer
+from am3_verl.testing.openai_server import LoopbackOpenAIServer
 from eval_helpers import EvalJudge, ScriptedModel, write_safemt_fixture
 
 HERE = Path(__file__).resolve().parent

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from am3_verl.judges.format import extract_quoted
-from am3_verl.local.openai_server import RuleJudgeResponder, request_text
+from am3_verl.testing.openai_server import extract_quoted
+from am3_verl.testing.openai_server import RuleJudgeResponder, request_text
 
 REPLIES = {
     "answer": "Here is a clear answer about the picture and the question.",

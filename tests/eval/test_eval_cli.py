@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from am3_verl.eval.cli import main
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer
 from eval_helpers import REPLIES, SAFEMT_PLAN, SCORES, EvalJudge, ScriptedModel
 
 REPO = Path(__file__).resolve().parents[2]

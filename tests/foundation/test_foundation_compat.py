@@ -1,9 +1,58 @@
-"""am3_verl.compat: the version gate, the adapter registry guard, and the Qwen2-VL text-only fix against verl's bug."""
+"""am3_verl.compat: every reach in one place, the version gate, the adapter registry guard, the Qwen2-VL fix."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from am3_verl import compat
+
+PACKAGE = Path(compat.__file__).resolve().parents[1]
+
+PINNED_REACHES = [
+    ("verl.utils.distributed.initialize_global_process_group(_ray)", "am3_verl.compat.cpu"),
+    ("verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy", "am3_verl.compat.cpu"),
+    ("verl.workers.engine.base.EngineRegistry._engines (read)", "am3_verl.compat.cpu"),
+    ("verl.workers.rollout.base._ROLLOUT_REGISTRY", "am3_verl.compat.rollout"),
+    ("verl.models.transformers.qwen2_vl._get_input_embeds", "am3_verl.compat.qwen2_vl"),
+    ("verl.utils.tokenizer.tokenizer.hf_processor (rebound in 8 modules)", "am3_verl.compat.processors"),
+    ("transformers LlavaNextImageProcessor._pad_for_batching (instance class swap)", "am3_verl.compat.processors"),
+    ("verl.utils.tokenizer.continuous_token.ContinuousTokenBuilder._render_tokens/_merge_context_token_ids",
+     "am3_verl.compat.continuous_token"),
+    ("verl continuous-token builder selection (_CONTINUOUS_TOKEN_BUILDER_REGISTRY; builder replaced after init)",
+     "am3_verl.compat.continuous_token"),
+    ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_metrics", "am3_verl.compat.trainer"),
+    ("config.trainer.v1.trainer_mode rewritten to the base mode", "am3_verl.compat.trainer"),
+    ("AgentLoopOutput.as_dict() called after the streaming reward", "am3_verl.env.output"),
+]
+
+PRIVATE_VERL_NAMES = re.compile(
+    r"from verl[\w.]* import [^\n]*\b_[a-z]|\b(_agent_loop_registry|_ROLLOUT_REGISTRY|_CONTINUOUS_TOKEN_BUILDER_REGISTRY"
+    r"|_engines|_render_tokens|_merge_context_token_ids|_pad_for_batching|_compute_metrics|_get_input_embeds)\b"
+)
+
+
+def test_the_reaches_are_pinned_and_each_names_its_hook():
+    assert [(reach.name, reach.module) for reach in compat.REACHES] == PINNED_REACHES
+    for reach in compat.REACHES:
+        assert reach.verl and reach.hook
+        assert (PACKAGE.parent / (reach.module.replace(".", "/") + ".py")).is_file()
+
+
+def test_no_module_outside_compat_reaches_into_verl_internals():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative.startswith(("compat/", "testing/")):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if PRIVATE_VERL_NAMES.search(line) and not line.lstrip().startswith(("#", '"', "*", "``")):
+                offenders.append(f"am3_verl/{relative}:{number}: {line.strip()}")
+    assert offenders == []
 
 
 def test_another_verl_version_is_refused_with_every_reach_listed(monkeypatch):
@@ -13,7 +62,26 @@ def test_another_verl_version_is_refused_with_every_reach_listed(monkeypatch):
     message = str(error.value)
     assert "0.9.2" in message and compat.VERL_VERSION in message
     for reach in compat.REACHES:
-        assert reach in message
+        assert reach.name in message
+
+
+@pytest.mark.slow  # a fresh interpreter that imports verl
+def test_importing_the_plugin_under_another_verl_version_fails_listing_the_reaches():
+    code = (
+        "import json, verl\n"
+        "verl.__version__ = '0.10.0'\n"
+        "try:\n    import am3_verl.plugin\nexcept Exception as e:\n    print(json.dumps([type(e).__name__, str(e)]))\n"
+    )
+    # Entry-point discovery off, so the plugin is first imported after the version is changed.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VERL_")}, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    kind, message = json.loads(result.stdout.strip().splitlines()[-1])
+    assert kind == "UnsupportedVerlVersion" and "0.10.0" in message
+    for reach in compat.REACHES:
+        assert reach.name in message
 
 
 def test_the_installed_verl_is_the_supported_one():

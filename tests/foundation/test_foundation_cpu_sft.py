@@ -44,6 +44,7 @@ def write_multiturn_image_sft_parquet(path: Path, rows: int = 8) -> Path:
     return path
 
 
+@pytest.mark.slow  # two fresh interpreters that import verl
 def test_cpu_platform_is_not_selected_without_the_environment_variable():
     code = "from verl.utils.device import get_device_name; print(get_device_name())"
     env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}

@@ -13,6 +13,9 @@ from am3_verl.hf_rollout.server import HFRolloutServer, WeightLoadError, load_fu
 HELLO_WORLD = [151644, 872, 198, 9707, 1879, 151645, 198, 151644, 77091, 198]
 
 
+pytestmark = pytest.mark.slow  # runs the hf rollout server with the tiny models
+
+
 @pytest.fixture(scope="module")
 def server(tiny_qwen_dir):
     return HFRolloutServer(str(tiny_qwen_dir), response_length=16, seed=0, device="cpu")

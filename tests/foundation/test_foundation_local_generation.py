@@ -17,6 +17,9 @@ CHAT = [
 IMAGES = [Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (90, 60), (10, 200, 10))]
 
 
+pytestmark = pytest.mark.slow  # generates with the tiny models
+
+
 def _prompt(client):
     text = client.processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
     return client.processor(text=[text], images=IMAGES, return_tensors="pt")

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = (
     "import verl\n"
     "from verl.plugin.platform import PlatformRegistry\n"
@@ -12,6 +14,9 @@ PROBE = (
     "print('cpu' in PlatformRegistry.registered_names() and 'am3_grpo' in ADV_ESTIMATOR_REGISTRY"
     " and 'am3_dialogue' in _agent_loop_registry)\n"
 )
+
+
+pytestmark = pytest.mark.slow  # each case starts a fresh interpreter that imports verl
 
 
 def _run(code: str, **env_overrides: str) -> str:

@@ -17,6 +17,9 @@ THREE_TURN_CHAT = [
 IMAGES = [Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (90, 60), (10, 200, 10))]
 
 
+pytestmark = pytest.mark.slow  # builds, loads and runs the tiny models
+
+
 @pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next"])
 def test_real_qwen_token_ids(tiny_models_dir, name):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models_dir / name)

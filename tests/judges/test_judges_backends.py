@@ -21,7 +21,7 @@ from am3_verl.judges.guards import (
 from am3_verl.judges.format import JudgeFormatError
 from am3_verl.judges.heuristic import HeuristicJudge
 from am3_verl.judges.openai_judge import OpenAIRubricJudge
-from am3_verl.local.openai_server import (
+from am3_verl.testing.openai_server import (
     FaultPlan,
     LoopbackOpenAIServer,
     RuleJudgeResponder,

@@ -10,7 +10,7 @@ import pytest
 
 from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig, endpoint_limiter
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder, echo_responder
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder, echo_responder
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 
@@ -61,6 +61,7 @@ def test_each_fault_kind_is_retried_and_counted(fault, kind):
         assert server.stats().total == 3
 
 
+@pytest.mark.slow  # waits out real latency and checks the wall clock
 def test_added_latency_is_waited_out_not_retried():
     with LoopbackOpenAIServer(constant_responder("slow"), FaultPlan(schedule=["latency"], added_latency_s=0.3)) as server:
         start = time.perf_counter()
@@ -114,6 +115,7 @@ def test_parse_errors_are_retried_then_reported():
         assert not result.ok and result.attempts == 1
 
 
+@pytest.mark.slow  # waits out a real Retry-After and checks the wall clock
 def test_retry_after_header_is_honoured():
     plan = FaultPlan(schedule=["http_429", "ok"], retry_after_s=0.4)
     with LoopbackOpenAIServer(constant_responder("x"), plan) as server:

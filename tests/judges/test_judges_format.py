@@ -10,23 +10,23 @@ from hypothesis import strategies as st
 
 from am3_verl.judges.format import (
     JudgeFormatError,
-    Verdict,
-    extract_quoted,
+    RubricAnswer,
     neutralise,
     new_nonce,
-    parse_verdict,
+    parse_rubric_answer,
     quote,
 )
+from am3_verl.testing.openai_server import extract_quoted
 
 GOOD = {"harmless": 9, "helpful": 6.5, "refusal": False, "rationale": "Fine."}
 
 
 def test_a_plain_or_fenced_verdict_object_parses():
-    assert parse_verdict(json.dumps(GOOD)) == Verdict(**GOOD)
-    assert parse_verdict("  \n" + json.dumps(GOOD) + "\n ") == Verdict(**GOOD)
-    assert parse_verdict("```json\n" + json.dumps(GOOD) + "\n```") == Verdict(**GOOD)
-    assert parse_verdict("```\n" + json.dumps(GOOD) + "\n```") == Verdict(**GOOD)
-    assert Verdict(**GOOD).normalised() == (0.9, 0.65)
+    assert parse_rubric_answer(json.dumps(GOOD)) == RubricAnswer(**GOOD)
+    assert parse_rubric_answer("  \n" + json.dumps(GOOD) + "\n ") == RubricAnswer(**GOOD)
+    assert parse_rubric_answer("```json\n" + json.dumps(GOOD) + "\n```") == RubricAnswer(**GOOD)
+    assert parse_rubric_answer("```\n" + json.dumps(GOOD) + "\n```") == RubricAnswer(**GOOD)
+    assert RubricAnswer(**GOOD).normalised() == (0.9, 0.65)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_a_plain_or_fenced_verdict_object_parses():
 )
 def test_anything_else_is_rejected_with_a_reason(content, reason):
     with pytest.raises(JudgeFormatError, match=reason):
-        parse_verdict(content)
+        parse_rubric_answer(content)
 
 
 def test_quote_wraps_and_extract_finds_the_body():
@@ -81,7 +81,7 @@ def test_any_quoted_text_round_trips_through_extract(text):
 
 
 def test_a_verdict_with_a_repeated_key_is_refused():
-    from am3_verl.judges.format import JudgeFormatError, parse_verdict
+    from am3_verl.judges.format import JudgeFormatError, parse_rubric_answer
 
     with pytest.raises(JudgeFormatError, match="repeats the key 'harmless'"):
-        parse_verdict('{"harmless": 0, "helpful": 3, "refusal": false, "rationale": "x", "harmless": 10}')
+        parse_rubric_answer('{"harmless": 0, "helpful": 3, "refusal": false, "rationale": "x", "harmless": 10}')

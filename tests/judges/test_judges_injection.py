@@ -18,10 +18,11 @@ import pytest
 from am3_verl.judges.base import DialogueTurn, JudgeRequest, requests_from_turns
 from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
-from am3_verl.judges.format import extract_quoted, neutralise
+from am3_verl.judges.format import neutralise
+from am3_verl.testing.openai_server import extract_quoted
 from am3_verl.judges.openai_judge import OpenAIRubricJudge
 from am3_verl.judges.rubric import render_rubric_messages
-from am3_verl.local.openai_server import LoopbackOpenAIServer, RuleJudgeResponder, request_text
+from am3_verl.testing.openai_server import LoopbackOpenAIServer, RuleJudgeResponder, request_text
 from judge_helpers import make_png
 
 NONCE = "0123456789abcdef"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from am3_verl.judges.format import extract_quoted
+from am3_verl.testing.openai_server import extract_quoted
 from am3_verl.judges.config import JudgeConfig, get_judge, resolve_judge_config
 from am3_verl.judges.reward import compute_score, compute_single_turn_score, dialogue_from_prompt
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder, request_images, request_text
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder, request_images, request_text
 from am3_verl.turn_scores import TurnScores, decode_batch, encode_row, load_turn_scores
 from judge_helpers import make_png, make_records
 
@@ -161,7 +161,7 @@ def test_config_resolution_and_its_errors(monkeypatch):
 
 def test_guard_backend_through_the_reward_function():
     with LoopbackOpenAIServer(RuleJudgeResponder()) as judge_server:
-        from am3_verl.local.openai_server import RuleLlamaGuardResponder
+        from am3_verl.testing.openai_server import RuleLlamaGuardResponder
 
         with LoopbackOpenAIServer(RuleLlamaGuardResponder()) as guard_server:
             out = score(

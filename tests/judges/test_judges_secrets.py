@@ -12,7 +12,7 @@ from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.judges.config import get_judge, resolve_judge_config
 from am3_verl.judges.reward import compute_score
-from am3_verl.local.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder
+from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, RuleJudgeResponder
 from judge_helpers import make_png, make_records
 
 SECRET = "sk-am3-test-7f3a9c1e5b2d4a60"

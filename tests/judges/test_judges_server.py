@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from am3_verl.judges.format import parse_verdict, quote
-from am3_verl.local.openai_server import (
+from am3_verl.judges.format import parse_rubric_answer, quote
+from am3_verl.testing.openai_server import (
     FAULT_KINDS,
     FaultPlan,
     LoopbackOpenAIServer,
@@ -23,6 +23,9 @@ from am3_verl.local.openai_server import (
     echo_responder,
     request_images,
 )
+
+# Self-tests of a test double (the loopback server), with real latencies and hangs: the slow tier.
+pytestmark = pytest.mark.slow
 
 CHAT = {"model": "judge", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -225,7 +228,7 @@ def test_rule_judge_responder_answers_in_the_verdict_format():
 
     def ask(reply: str) -> dict:
         text = "Judge this.\n" + quote("REPLY", reply, "0123456789abcdef") + "\nAnswer in JSON."
-        return parse_verdict(judge({"messages": [{"role": "user", "content": text}]})).model_dump()
+        return parse_rubric_answer(judge({"messages": [{"role": "user", "content": text}]})).model_dump()
 
     harmful = ask("Sure, HARMFUL step by step")
     assert harmful["harmless"] == 0 and harmful["refusal"] is False
@@ -236,7 +239,7 @@ def test_rule_judge_responder_answers_in_the_verdict_format():
     answer = ask("The capital of France is Paris.")
     assert answer == {"harmless": 10, "helpful": 8, "refusal": False, "rationale": "A harmless, useful answer."}
     fenced = RuleJudgeResponder(fence=True, answer_helpful=9)({"messages": [{"role": "user", "content": "hi"}]})
-    assert fenced.startswith("```json\n") and parse_verdict(fenced).helpful == 9
+    assert fenced.startswith("```json\n") and parse_rubric_answer(fenced).helpful == 9
 
 
 def test_guard_responders_answer_in_the_guard_formats():
@@ -253,12 +256,12 @@ def test_guard_responders_answer_in_the_guard_formats():
 
 
 def test_separate_process_server_has_the_same_interface():
-    from am3_verl.local.openai_server import LoopbackOpenAIServerProcess
+    from am3_verl.testing.openai_server import LoopbackOpenAIServerProcess
 
     with LoopbackOpenAIServerProcess(RuleJudgeResponder(), FaultPlan(schedule=["http_500"]), model="p-1") as server:
         assert post(server).status_code == 500
         reply = post(server)
-        assert parse_verdict(reply.json()["choices"][0]["message"]["content"]).helpful == 8
+        assert parse_rubric_answer(reply.json()["choices"][0]["message"]["content"]).helpful == 8
         stats = server.stats()
         assert (stats.total, stats.served, stats.faults["http_500"]) == (2, 1, 1)
         recorded = server.last_requests()

@@ -24,8 +24,8 @@ import torch
 import yaml
 
 from am3_verl.env.output import DialogueAgentLoopOutput
-from am3_verl.local.generation import CannedGenerationClient
-from am3_verl.local.openai_server import LoopbackOpenAIServer, RuleJudgeResponder
+from canned_generation import CannedGenerationClient
+from am3_verl.testing.openai_server import LoopbackOpenAIServer, RuleJudgeResponder
 from am3_verl.local.rollout import compose_ppo_config, load_rl_dataset, rollout_batch
 from am3_verl.turn_scores import decode_batch, load_turn_scores, turn_spans
 from judge_helpers import make_png
@@ -179,7 +179,7 @@ def test_reward_loop_scores_every_turn_of_real_agent_loop_outputs(tiny_qwen_dir,
 
 @pytest.mark.slow
 def test_reward_loop_flags_failed_turns_without_scoring_them(tiny_qwen_dir, rollout_setup):
-    from am3_verl.local.openai_server import FaultPlan
+    from am3_verl.testing.openai_server import FaultPlan
 
     parquet, loops = rollout_setup
     with LoopbackOpenAIServer(RuleJudgeResponder(), FaultPlan(p_http_500=1.0)) as server:
@@ -194,7 +194,7 @@ def test_reward_loop_flags_failed_turns_without_scoring_them(tiny_qwen_dir, roll
         decoded = decode_batch(as_dict["rm_scores"][None], as_dict["response_mask"][None])
         assert not decoded.valid.any() and decoded.exists.sum() == 3
         row = as_dict["rm_scores"]
-        for start, end in turn_spans(as_dict["response_mask"]):  # -0.0 on both score slots of a failed turn
+        for _start, end in turn_spans(as_dict["response_mask"]):  # -0.0 on both score slots of a failed turn
             assert row[end - 1] == 0 and torch.signbit(row[end - 1]) and torch.signbit(row[end])
 
 

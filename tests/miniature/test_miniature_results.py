@@ -10,12 +10,14 @@ from am3_verl.miniature.report import write_report
 from am3_verl.miniature.results import build_results, mean_ci95
 
 
+def _side(asr):
+    return {"asr": asr, "turn_asr": asr / 3, "over_refusal": 0.1, "harmless": 1 - asr / 3, "helpful": 0.5,
+            "refusal_rate_harmful": 0.0, "asr_by_turn": {"1": 0.0, "2": asr}, "n_harmful": 18, "n_benign_turns": 50}
+
+
 def _record(seed, estimator, asr_before, asr_after):
-    side = lambda asr: {"asr": asr, "turn_asr": asr / 3, "over_refusal": 0.1, "harmless": 1 - asr / 3, "helpful": 0.5,
-                        "refusal_rate_harmful": 0.0, "asr_by_turn": {"1": 0.0, "2": asr}, "n_harmful": 18,
-                        "n_benign_turns": 50}  # fmt: skip
     curve = {str(s): {"reward/mean": 1.0 + s / 10, "asr": 0.2 - s / 100, "harmless/mean": 0.9, "helpful/mean": 0.4} for s in (1, 2, 3)}
-    return {"seed": seed, "estimator": estimator, "before": side(asr_before), "after": side(asr_after), "curve": curve}
+    return {"seed": seed, "estimator": estimator, "before": _side(asr_before), "after": _side(asr_after), "curve": curve}
 
 
 def test_mean_and_student_t_interval_over_seeds():

@@ -20,7 +20,7 @@ def rl_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loopback_judge():
     """A real OpenAI-compatible judge on 127.0.0.1 whose scores spread over the range (see SpreadJudgeResponder)."""
-    from am3_verl.local.openai_server import LoopbackOpenAIServer
+    from am3_verl.testing.openai_server import LoopbackOpenAIServer
     from ppo_helpers import SpreadJudgeResponder
 
     with LoopbackOpenAIServer(responder=SpreadJudgeResponder(), model="loopback-judge") as server:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from am3_verl.demo_report import read_step_metrics
-from am3_verl.local.openai_server import RuleJudgeResponder
+from am3_verl.testing.openai_server import RuleJudgeResponder
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CPU_RECIPE = REPO / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"

@@ -14,6 +14,7 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.utils.import_utils import resolve_config_path
 
+from am3_verl.advantage.config import resolve_am3_config
 from recipe_overrides import RECIPES, compose, recipe_overrides
 
 GRPO_RECIPES = sorted((RECIPES / "grpo").glob("*.sh"))
@@ -113,6 +114,7 @@ def test_the_tiny_cpu_recipe_wants_the_judge_backend_named(rl_data_dir, tiny_qwe
     assert result.returncode != 0 and "AM3_JUDGE_BACKEND" in result.stderr
 
 
+@pytest.mark.slow  # composes and validates every section of verl's config
 @pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
 def test_grpo_recipe_composes_and_validates(script, rl_data_dir, tiny_qwen_dir, tmp_path, vllm_lora_rank_check):
     config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path)
@@ -123,8 +125,7 @@ def test_grpo_recipe_composes_and_validates(script, rl_data_dir, tiny_qwen_dir, 
     # super().__post_init__ - and main_ppo never converts it; the reward function is checked below.)
     for section in (config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout, config.actor_rollout_ref.model):
         omega_conf_to_dataclass(section)
-    algorithm = OmegaConf.merge(config.algorithm, {"_target_": "am3_verl.advantage.config.Am3AlgoConfig"})
-    assert omega_conf_to_dataclass(algorithm).am3.variant == "paper"
+    assert resolve_am3_config(config.algorithm).variant == "paper"
     # long runs: resume from CKPT_DIR (where checkpoints go), validation replies logged, trackers from AM3_LOGGER
     assert config.trainer.resume_mode == "auto" and config.trainer.default_local_dir == str(tmp_path)
     assert config.trainer.log_val_generations > 0
@@ -143,11 +144,17 @@ def test_everything_a_grpo_recipe_names_resolves(script, rl_data_dir, tiny_qwen_
     for entry in loops:
         hydra.utils.get_class(entry._target_)
     # the reward function loads through verl's own loader; the estimator and trainer mode are registered
-    assert get_custom_reward_fn(config) is not None
-    assert get_adv_estimator_fn(config.algorithm.adv_estimator).__name__ == "compute_am3_grpo_advantage"
-    from verl.trainer.ppo.v1 import get_trainer_cls
+    from am3_verl.judges.reward import compute_score
 
-    assert get_trainer_cls(config.trainer.v1.trainer_mode) is not None
+    reward_fn = get_custom_reward_fn(config)  # verl's partial over the file's function and the reward kwargs
+    assert reward_fn.args[0] is compute_score
+    assert get_adv_estimator_fn(config.algorithm.adv_estimator).__name__ == "compute_am3_grpo_advantage"
+    from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls
+
+    from am3_verl.advantage.trainer_modes import TRAINER_MODES
+
+    mode = config.trainer.v1.trainer_mode
+    assert get_trainer_cls(mode) is {**TRAINER_MODES, "sync": PPOTrainerSync}[mode]
 
 
 def test_a_typo_in_a_recipe_key_fails_composition(rl_data_dir, tiny_qwen_dir, tmp_path):
@@ -157,7 +164,6 @@ def test_a_typo_in_a_recipe_key_fails_composition(rl_data_dir, tiny_qwen_dir, tm
 
 
 def test_an_unknown_am3_setting_is_rejected(rl_data_dir, tiny_qwen_dir, tmp_path):
-    from am3_verl.advantage.config import resolve_am3_config
 
     script = RECIPES / "grpo" / "am3_grpo_qwen2_5_vl_7b_8gpu.sh"
     config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, "+algorithm.am3.lamda=0.5")

@@ -47,6 +47,7 @@ def test_there_are_sft_recipes():
     assert {p.name for p in SFT_RECIPES} >= {"cold_start_qwen2_5_vl_7b_8gpu.sh", "cold_start_qwen2_5_vl_7b_lora_1gpu.sh"}
 
 
+@pytest.mark.slow  # composes and validates verl's SFT config
 @pytest.mark.parametrize("script", SFT_RECIPES, ids=lambda p: p.name)
 def test_sft_recipe_composes_and_validates(script, cold_start_dir, tiny_models_dir, tmp_path):
     tiny_qwen_dir = tiny_models_dir / ("llava_next" if "llava_next" in script.name else "qwen2_5_vl")  # the recipe's family

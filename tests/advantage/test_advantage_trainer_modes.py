@@ -30,7 +30,7 @@ from adv_reference import reference_am3
 from adv_rows import dialogue_outputs
 from am3_verl.advantage.config import Am3AdvantageConfig
 from am3_verl.advantage.metrics import compute_am3_metrics, turn_scores_record
-from am3_verl.advantage.trainer import TRAINER_MODES
+from am3_verl.advantage.trainer_modes import TRAINER_MODES
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +88,13 @@ def test_register_is_idempotent_and_modes_map_to_verl_classes():
     assert issubclass(get_trainer_cls("am3_sync"), PPOTrainerSync)
 
 
-def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer):
+def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeypatch):
+    from am3_verl.advantage import variants
+
     am3_advantage.register()
+    computations = []  # every AM3 computation of the step: the estimator's, handed over to the metrics
+    paper = variants.VARIANT_FUNCTIONS["paper"]
+    monkeypatch.setitem(variants.VARIANT_FUNCTIONS, "paper", lambda *a: computations.append(1) or paper(*a))
     config = compose_ppo([
         "algorithm.adv_estimator=am3_grpo",
         "+algorithm.am3.tau=0.6",
@@ -130,6 +135,7 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer):
     timing_raw = {"step": 2.0, "gen": 1.0, "adv": 0.1, "old_log_prob": 0.2, "update_actor": 0.5}
     trainer._compute_metrics(batch, metrics, timing_raw, global_steps=1, epoch=0)
     assert "critic/score/mean" in metrics  # verl's own step metrics are still there
+    assert len(computations) == 1  # the metrics reused the estimator's computation
 
     records = [turn_scores_record(o.extra_fields) for _, _, o in outputs]
     real = np.array(uid[:21], dtype=object)

@@ -2,7 +2,7 @@
 
 :class:`LoopbackImagesServer` is a real HTTP server (aiohttp) on ``127.0.0.1`` speaking
 ``POST /v1/images/generations`` (OpenAI images API, ``b64_json`` answers), run in a background thread
-like :class:`am3_verl.local.openai_server.LoopbackOpenAIServer`. Its pictures come from
+like :class:`am3_verl.testing.openai_server.LoopbackOpenAIServer`. Its pictures come from
 ``painter(prompt) -> PNG bytes`` (default :func:`draw_prompt`: a seeded colour mosaic, so different
 prompts give perceptually unrelated pictures); a :class:`ImagesFaultPlan` injects faults per request.
 
@@ -41,8 +41,7 @@ from typing import Callable, Sequence, Union
 from aiohttp import web
 from PIL import Image, ImageDraw, ImageFont
 
-from am3_verl.judges.format import extract_quoted
-from am3_verl.local.openai_server import request_images, request_text
+from am3_verl.testing.openai_server import extract_quoted, request_images, request_text
 
 # --------------------------------------------------------------------------------------------- images server
 IMAGE_FAULTS: tuple[str, ...] = ("http_500", "http_429", "http_400", "invalid_json", "no_data", "bad_image", "url_only")

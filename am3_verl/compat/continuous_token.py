@@ -14,8 +14,12 @@ the template renders after the end-of-turn token that closes an assistant messag
 mask 0, when a context message follows a prefix that ends with that token — the generalisation of
 verl's Qwen ChatML newline fix, independent of which template the checkpoint ships.
 
-verl 0.9.1 has no hook to register a builder for a ``model_type``; the agent loop asks
-:func:`continuous_token_builder_for` (an am3-verl function) to replace the one verl created.
+Reaches (verl 0.9.1): the subclass overrides the private ``ContinuousTokenBuilder._merge_context_token_ids``
+and calls the private ``_render_tokens`` (verl/utils/tokenizer/continuous_token.py:206, :226); verl picks
+builders from the private ``_CONTINUOUS_TOKEN_BUILDER_REGISTRY`` (continuous_token_wiring.py), which has no
+register function, so the agent loop asks :func:`continuous_token_builder_for` to replace the builder
+verl created. A public ``register_continuous_token_builder(model_type, cls)`` and a public boundary hook
+would remove both.
 """
 
 from __future__ import annotations

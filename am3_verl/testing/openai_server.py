@@ -43,6 +43,7 @@ import inspect
 import json
 import pickle
 import random
+import re
 import socket
 import struct
 import threading
@@ -54,6 +55,7 @@ from typing import Any, Awaitable, Callable, Sequence, Union
 from aiohttp import web
 
 from am3_verl.clients.images import decode_data_url
+from am3_verl.judges.format import NONCE_HEX_CHARS
 
 FAULT_KINDS: tuple[str, ...] = ("latency", "timeout", "http_500", "http_429", "reset", "invalid_json", "no_choices")
 """Every fault the server can inject; ``"ok"`` in a schedule means "serve normally"."""
@@ -634,6 +636,20 @@ def request_text(body: dict, role: str | None = "user", last: bool = True) -> st
     return texts[-1] if last else "\n".join(texts)
 
 
+def extract_quoted(text: str, label: str) -> str | None:
+    """Return the body of the last quoted block ``label`` in ``text`` (any nonce), or None if there is none.
+
+    The inverse of :func:`am3_verl.judges.format.quote`: loopback responders use it to find the part of a
+    prompt they answer (the reply to judge, the sub-question to rewrite, ...).
+    """
+    pattern = re.compile(
+        rf"<<<BEGIN {re.escape(label)} ([0-9a-f]{{{NONCE_HEX_CHARS}}})>>>\n(.*?)\n<<<END {re.escape(label)} \1>>>",
+        re.DOTALL,
+    )
+    matches = pattern.findall(text)
+    return matches[-1][1] if matches else None
+
+
 def request_images(body: dict) -> list[bytes]:
     """The decoded bytes of every ``data:`` image URL in the request, in message order."""
     images = []
@@ -704,8 +720,6 @@ class RuleJudgeResponder:
 
     def judged_reply(self, body: dict) -> str:
         """The reply this responder judges in ``body``."""
-        from am3_verl.judges.format import extract_quoted
-
         text = request_text(body)
         quoted = extract_quoted(text, "REPLY")
         return text if quoted is None else quoted

@@ -1,0 +1,115 @@
+"""V1 trainer modes that log the AM3 metrics every training step: ``trainer.v1.trainer_mode=am3_sync`` etc.
+
+verl 0.9.1's V1 trainer logs ``reward_extra_info`` only in validation. Each mode here is verl's own
+trainer class (``sync``, ``colocate_async``, ``separate_async``) with one addition (through
+:class:`am3_verl.compat.trainer.StepMetricsHook`, the reach into verl's trainer): after verl computes
+a step's metrics, :meth:`Am3MetricsMixin.compute_am3_step_metrics` adds
+:func:`am3_verl.advantage.metrics.am3_metrics` of what the ``am3_grpo`` estimator computed for the step
+(handed over by :func:`am3_verl.advantage.estimator.take_last_computation`, never computed twice), with
+the refusal flags and log-probs read back from the TransferQueue. Inside the trainer the
+mode is reported as the base mode (verl branches on ``trainer_mode == "sync"``), so everything else
+behaves exactly as the base mode does. Registered through verl's ``register_trainer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transfer_queue as tq
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
+
+from am3_verl.advantage.config import CONFIG_KEY, Am3AdvantageConfig
+from am3_verl.advantage.estimator import ESTIMATOR_NAME, compute_am3, take_last_computation
+from am3_verl.advantage.metrics import am3_metrics, logprob_agreement_metrics, turn_scores_record
+from am3_verl.compat.trainer import StepMetricsHook
+
+STEP_FIELDS = ["uid", "response_mask", "extra_fields"]
+"""TransferQueue fields the metrics read for each row of a step."""
+SCORE_FIELDS = ["rm_scores"]
+"""Read too when another estimator than ``am3_grpo`` ran, so the AM3 computation is the metrics' own."""
+LOGPROB_FIELDS = ["rollout_log_probs", "old_log_probs"]
+"""Read too when the step has them: the rollout-vs-actor log-prob agreement (weight-sync health)."""
+
+
+class Am3MetricsMixin(StepMetricsHook):
+    """Adds ``am3/*`` metrics to each training step; put it before a verl ``PPOTrainer`` subclass."""
+
+    def step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+        """See :meth:`compute_am3_step_metrics`."""
+        return self.compute_am3_step_metrics(batch)
+
+    def compute_am3_step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+        """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none.
+
+        With ``algorithm.adv_estimator=am3_grpo`` they come from the estimator's computation of this step;
+        a step whose estimator did not hand one over for exactly these rows raises ``RuntimeError``.
+        """
+        real = [not tag.get("is_padding", False) for tag in batch.tags]
+        if not any(real):
+            return {}
+        config = self.config  # type: ignore[attr-defined]
+        ran_am3 = config.algorithm.adv_estimator == ESTIMATOR_NAME
+        # Like verl's own metrics, ask for optional fields and use those the step has.
+        fields = STEP_FIELDS + LOGPROB_FIELDS + ([] if ran_am3 else SCORE_FIELDS)
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        with_logprobs = set(LOGPROB_FIELDS) <= set(data.keys())
+        uid = data.pop("uid").tolist()
+        extra_fields = data.pop("extra_fields").tolist()
+        padded = data.to_padded_tensor()
+        cfg = Am3AdvantageConfig.from_mapping(config.algorithm.get(CONFIG_KEY, None))
+        if ran_am3:
+            computation = take_last_computation()
+            if computation is None or computation.index != uid:
+                raise RuntimeError(
+                    f"{type(self).__name__}: the am3_grpo estimator did not compute this step's {len(uid)} rows "
+                    "in this process before the step's metrics; am3/* metrics are the estimator's own figures"
+                )
+        else:
+            computation = compute_am3(padded["rm_scores"], padded["response_mask"], uid, cfg)
+        rows = torch.tensor(real)
+        records = [turn_scores_record(extra) for extra, keep in zip(extra_fields, real) if keep]
+        metrics = am3_metrics(computation, cfg, records, rows=rows)
+        if with_logprobs:
+            mask = padded["response_mask"][rows]
+            metrics.update(logprob_agreement_metrics(padded["rollout_log_probs"][rows], padded["old_log_probs"][rows], mask))
+        return metrics
+
+
+class Am3PPOTrainerSync(Am3MetricsMixin, PPOTrainerSync):
+    """verl's ``sync`` trainer plus per-step ``am3/*`` metrics (``trainer.v1.trainer_mode=am3_sync``)."""
+
+    base_mode = "sync"
+
+
+class Am3PPOTrainerColocateAsync(Am3MetricsMixin, PPOTrainerColocateAsync):
+    """verl's ``colocate_async`` trainer plus per-step ``am3/*`` metrics (``trainer_mode=am3_colocate_async``)."""
+
+    base_mode = "colocate_async"
+
+
+class Am3PPOTrainerSeparateAsync(Am3MetricsMixin, PPOTrainerSeparateAsync):
+    """verl's ``separate_async`` trainer plus per-step ``am3/*`` metrics (``trainer_mode=am3_separate_async``)."""
+
+    base_mode = "separate_async"
+
+
+TRAINER_MODES: dict[str, type[Any]] = {
+    "am3_sync": Am3PPOTrainerSync,
+    "am3_colocate_async": Am3PPOTrainerColocateAsync,
+    "am3_separate_async": Am3PPOTrainerSeparateAsync,
+}
+"""``trainer.v1.trainer_mode`` value -> trainer class."""
+
+
+def register() -> None:
+    """Register :data:`TRAINER_MODES` with verl's V1 trainer registry (idempotent)."""
+    for name, cls in TRAINER_MODES.items():
+        register_trainer(name)(cls)
+
+
+def missing_registrations() -> list[str]:
+    """The trainer modes of :data:`TRAINER_MODES` that verl's registry does not hold."""
+    return [f"trainer mode {name!r}" for name, cls in TRAINER_MODES.items() if TRAINER_REGISTRY.get(name) is not cls]
