@@ -92,8 +92,13 @@ def cold_start_sft(cfg: DemoConfig, data_dir: Path, base_model: Path) -> Path:
     """Run the cold-start SFT recipe on the CPU; return the saved Hugging Face folder."""
     log_path = cfg.output_dir / "sft.log"
     hf_dir = stages.cold_start_sft(
-        data_dir, base_model, cfg.output_dir / "sft", steps=cfg.sft_steps, batch_size=cfg.sft_batch_size,
-        lr=SFT_LR, log_path=log_path,
+        data_dir,
+        base_model,
+        cfg.output_dir / "sft",
+        steps=cfg.sft_steps,
+        batch_size=cfg.sft_batch_size,
+        lr=SFT_LR,
+        log_path=log_path,
     )
     for step, loss in sorted(stages.sft_losses(log_path).items()):
         print(f"   SFT step {step}: loss {loss:.4f}")
@@ -104,8 +109,15 @@ def grpo(cfg: DemoConfig, data_dir: Path, sft_model: Path) -> Path:
     """Run AM3 GRPO with ``main_ppo`` (the tiny CPU recipe) from ``sft_model``; return the trained Hugging Face folder."""
     run_dir = cfg.output_dir / "grpo"
     hf_dir = stages.grpo(
-        data_dir, sft_model, run_dir, steps=cfg.grpo_steps, prompts=cfg.prompts, rollouts=cfg.rollouts, seed=cfg.seed,
-        judge_env={"AM3_JUDGE_BACKEND": cfg.judge}, overrides=[f"+algorithm.am3.{kv}" for kv in cfg.am3],
+        data_dir,
+        sft_model,
+        run_dir,
+        steps=cfg.grpo_steps,
+        prompts=cfg.prompts,
+        rollouts=cfg.rollouts,
+        seed=cfg.seed,
+        judge_env={"AM3_JUDGE_BACKEND": cfg.judge},
+        overrides=[f"+algorithm.am3.{kv}" for kv in cfg.am3],
     )
     for step, metrics in read_step_metrics(run_dir / "metrics.jsonl").items():
         print(f"   GRPO step {step}: reward {metrics['am3/reward/mean']:.3f}, harmless {metrics['am3/harmless/mean']:.3f}, "
@@ -117,8 +129,14 @@ def grpo(cfg: DemoConfig, data_dir: Path, sft_model: Path) -> Path:
 def evaluate(cfg: DemoConfig, data_dir: Path, model_dir: Path, name: str, baseline: Path | None = None) -> Path:
     """Evaluate ``model_dir`` with ``python -m am3_verl.eval run`` on the validation dialogues; return the results folder."""
     return stages.evaluate(
-        data_dir / "rl_val.parquet", model_dir, cfg.output_dir / "eval" / name, judge_args=["--judge_backend", cfg.judge],
-        max_tokens=cfg.max_reply_tokens, seed=cfg.seed, title=f"{name} checkpoint", baseline=baseline,
+        data_dir / "rl_val.parquet",
+        model_dir,
+        cfg.output_dir / "eval" / name,
+        judge_args=["--judge_backend", cfg.judge],
+        max_tokens=cfg.max_reply_tokens,
+        seed=cfg.seed,
+        title=f"{name} checkpoint",
+        baseline=baseline,
     )
 
 
@@ -126,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo", help="where data, checkpoints, evaluations and the report go")
-    parser.add_argument("--judge", required=True, choices=JUDGES,
-                        help="heuristic: offline keyword rules; openai: the judge at AM3_JUDGE_BASE_URL serving AM3_JUDGE_MODEL")
+    parser.add_argument(
+        "--judge",
+        required=True,
+        choices=JUDGES,
+        help="heuristic: offline keyword rules; openai: the judge at AM3_JUDGE_BASE_URL serving AM3_JUDGE_MODEL",
+    )
     parser.add_argument("--prompts", type=int, default=DemoConfig.prompts, help="dialogues per GRPO step")
     parser.add_argument("--rollouts", type=int, default=DemoConfig.rollouts, help="rollouts per dialogue (group size)")
     parser.add_argument("--sft_steps", type=int, default=DemoConfig.sft_steps, help="cold-start SFT steps")

@@ -107,11 +107,17 @@ def write_demo_report(path: Path, training_metrics: Path, before_dir: Path, afte
     steps = read_step_metrics(training_metrics)
     before = json.loads((before_dir / "metrics.json").read_text())["overall"]
     after = json.loads((after_dir / "metrics.json").read_text())["overall"]
-    judge_line = "offline heuristic judge (keyword rules)" if judge == "heuristic" else f"OpenAI-compatible judge {os.environ.get('AM3_JUDGE_MODEL', '')}".strip()
+    judge_line = (
+        "offline heuristic judge (keyword rules)"
+        if judge == "heuristic"
+        else f"OpenAI-compatible judge {os.environ.get('AM3_JUDGE_MODEL', '')}".strip()
+    )
     rows = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{_fmt(before.get(key))}</td><td>{_fmt(after.get(key))}</td></tr>" for key, label in TABLE
     )
-    banner = f'<p class="banner">{html.escape(HEURISTIC_BANNER)}</p>' if judge == "heuristic" else f"<p>Judge: {html.escape(judge_line)}.</p>"
+    banner = (
+        f'<p class="banner">{html.escape(HEURISTIC_BANNER)}</p>' if judge == "heuristic" else f"<p>Judge: {html.escape(judge_line)}.</p>"
+    )
     last = steps[max(steps)]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>am3-verl CPU demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}.banner{{background:#fff3cd;border:2px solid #bf8700;padding:.8em;font-weight:bold}}

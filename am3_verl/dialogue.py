@@ -68,9 +68,7 @@ class Turn(BaseModel):
     def _placeholders_match_images(self) -> "Turn":
         n_placeholders = self.user.count(IMAGE_PLACEHOLDER)
         if n_placeholders != len(self.images):
-            raise ValueError(
-                f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the user text but {len(self.images)} image(s)"
-            )
+            raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the user text but {len(self.images)} image(s)")
         return self
 
 

@@ -193,4 +193,3 @@ def decode_batch(token_level_rewards: torch.Tensor, response_mask: torch.Tensor)
     if max_turns == 0:
         harmless, helpful, valid, exists = (x[:, :0] for x in (harmless, helpful, valid, exists))
     return DecodedTurnScores(harmless, helpful, valid, exists, num_turns)
-

@@ -25,7 +25,15 @@ class CannedGenerationClient:
         self.global_steps = global_steps
         self.calls: list[dict[str, Any]] = []
 
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], image_data: Optional[list[Any]] = None, **kwargs: Any) -> TokenOutput:
+    async def generate(
+        self,
+        request_id: str,
+        *,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        image_data: Optional[list[Any]] = None,
+        **kwargs: Any,
+    ) -> TokenOutput:
         """Serve the next scripted reply (cut to ``sampling_params["max_tokens"]``)."""
         index = len(self.calls)
         max_tokens = int(sampling_params.get("max_tokens") or 1 << 30)

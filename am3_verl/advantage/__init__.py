@@ -47,7 +47,7 @@ def missing_registrations() -> list[str]:
 
     from am3_verl.advantage import trainer_modes
 
-    missing = [] if ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is compute_am3_grpo_advantage else [
-        f"advantage estimator {ESTIMATOR_NAME!r}"
-    ]
+    missing = (
+        [] if ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME) is compute_am3_grpo_advantage else [f"advantage estimator {ESTIMATOR_NAME!r}"]
+    )
     return missing + trainer_modes.missing_registrations()

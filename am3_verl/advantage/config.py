@@ -85,9 +85,7 @@ class Am3AdvantageConfig(BaseConfig):
         unknown = sorted(set(given) - known)
         if unknown:
             hint = " (write lambda_, not lambda)" if "lambda" in unknown else ""
-            raise ValueError(
-                f"algorithm.{CONFIG_KEY}: unknown key(s) {', '.join(unknown)}{hint}; known: {', '.join(sorted(known))}"
-            )
+            raise ValueError(f"algorithm.{CONFIG_KEY}: unknown key(s) {', '.join(unknown)}{hint}; known: {', '.join(sorted(known))}")
         converted: dict[str, Any] = {}
         for name, value in given.items():
             if name == "variant":
@@ -116,4 +114,3 @@ def resolve_am3_config(algorithm_config: Any) -> Am3AdvantageConfig:
             "Use actor_rollout_ref.actor.use_kl_loss=True for a KL term instead."
         )
     return Am3AdvantageConfig.from_mapping(algorithm_config.get(CONFIG_KEY, None))
-

@@ -84,9 +84,7 @@ def am3_metrics(
     return metrics
 
 
-def _refusal_metrics(
-    records: Sequence[TurnScores | None] | None, num_turns: torch.Tensor, valid: torch.Tensor
-) -> dict[str, float]:
+def _refusal_metrics(records: Sequence[TurnScores | None] | None, num_turns: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
     if records is None:
         return {}
     if len(records) != num_turns.shape[0]:
@@ -128,7 +126,9 @@ def _alpha_metrics(alpha: torch.Tensor, present: torch.Tensor) -> dict[str, floa
     return metrics
 
 
-def logprob_agreement_metrics(rollout_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+def logprob_agreement_metrics(
+    rollout_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor
+) -> dict[str, float]:
     """How far the rollout backend's token log-probs are from the actor's recomputed ``old_log_probs``.
 
     Per policy token (``response_mask`` 1): ``am3/sync/logprob_abs_diff/max`` and ``/mean``. With the

@@ -113,10 +113,8 @@ def decoupled(batch: TurnBatch, cfg: Am3AdvantageConfig, norm_by_std: bool, epsi
     other's (e.g. helpfulness varies a lot, safety barely), so the plain sum would optimise only one.
     Assumes both objectives matter on their own; the overall advantage scale is set by the whitening.
     """
-    safety = group_normalize((batch.weights * batch.harmless).sum(dim=1), batch.ids, batch.num_groups, batch.scored,
-                             norm_by_std, epsilon)
-    helpful = group_normalize((batch.weights * batch.helpful).sum(dim=1), batch.ids, batch.num_groups, batch.scored,
-                              norm_by_std, epsilon)
+    safety = group_normalize((batch.weights * batch.harmless).sum(dim=1), batch.ids, batch.num_groups, batch.scored, norm_by_std, epsilon)
+    helpful = group_normalize((batch.weights * batch.helpful).sum(dim=1), batch.ids, batch.num_groups, batch.scored, norm_by_std, epsilon)
     reward = (batch.weights * (cfg.beta * batch.helpful + batch.harmless)).sum(dim=1)
     return VariantResult(reward=reward, per_rollout=safety + cfg.beta * helpful, whiten=True)
 
@@ -135,8 +133,9 @@ def turn_credit(batch: TurnBatch, cfg: Am3AdvantageConfig, norm_by_std: bool, ep
     turns = batch.valid.shape[1]
     turn_reward = cfg.beta * batch.helpful + batch.harmless
     cell_ids = (batch.ids.unsqueeze(1) * turns + torch.arange(turns, device=batch.ids.device)).reshape(-1)
-    normalized = group_normalize(turn_reward.reshape(-1), cell_ids, batch.num_groups * turns,
-                                 batch.valid.reshape(-1), norm_by_std, epsilon).reshape(batch.valid.shape)
+    normalized = group_normalize(
+        turn_reward.reshape(-1), cell_ids, batch.num_groups * turns, batch.valid.reshape(-1), norm_by_std, epsilon
+    ).reshape(batch.valid.shape)
     credit = torch.zeros_like(normalized)
     later = normalized.new_zeros(normalized.shape[0])
     for t in range(turns - 1, -1, -1):

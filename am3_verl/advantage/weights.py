@@ -78,9 +78,7 @@ def masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, exp / total.clamp_min(torch.finfo(exp.dtype).tiny), torch.zeros_like(exp))
 
 
-def rollout_turn_weights(
-    stats: TurnStatistics, ids: torch.Tensor, valid: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def rollout_turn_weights(stats: TurnStatistics, ids: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
     """``[batch, turns]`` weights of each rollout's judged turns: the group's alpha renormalised over them.
 
     Computed as a softmax of ``U / temperature`` over the rollout's judged turns (the same numbers,

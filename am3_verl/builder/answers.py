@@ -121,7 +121,7 @@ def refusal_parser(max_chars: int) -> Callable[[str], str]:
         if len(text) >= 2 and text[0] == text[-1] == '"':
             text = text[1:-1].strip()
         if not text.startswith("I'm sorry"):
-            raise ValueError(f"answer does not begin with \"I'm sorry\": {text[:80]!r}")
+            raise ValueError(f'answer does not begin with "I\'m sorry": {text[:80]!r}')
         if len(text) > max_chars:
             raise ValueError(f"answer has {len(text)} characters, more than {max_chars}")
         if IMAGE_PLACEHOLDER in text:

@@ -40,8 +40,7 @@ def find_duplicates(ctx: StageContext, dialogue: DialogueState) -> list[RemovedI
     cfg = ctx.config.clean
     shown = [(t, turn.image_blob) for t, turn in enumerate(dialogue.turns) if turn.image_blob is not None]
     duplicates = near_duplicates([ctx.blob(blob) for _, blob in shown], cfg.max_distance, cfg.hash_size)
-    return [RemovedImage(turn=shown[d.index][0], duplicate_of_turn=shown[d.duplicate_of][0], distance=d.distance)
-            for d in duplicates]
+    return [RemovedImage(turn=shown[d.index][0], duplicate_of_turn=shown[d.duplicate_of][0], distance=d.distance) for d in duplicates]
 
 
 async def _clean_dialogue(ctx: StageContext, item: ItemState, dialogue: DialogueState) -> None:
@@ -49,13 +48,12 @@ async def _clean_dialogue(ctx: StageContext, item: ItemState, dialogue: Dialogue
         dialogue.removed_images = find_duplicates(ctx, dialogue)
         await ctx.save(item)
     turns = kept_turns(dialogue)
-    transcript = "\n".join(
-        f"Turn {k} (user){' [image]' if blob else ''}: {message}" for k, (message, blob) in enumerate(turns, start=1)
-    )
+    transcript = "\n".join(f"Turn {k} (user){' [image]' if blob else ''}: {message}" for k, (message, blob) in enumerate(turns, start=1))
     text = ctx.prompts.render("judge", transcript=quoted("CONVERSATION", transcript), num_turns=len(turns))
     images = [ctx.blob(blob) for _, blob in turns if blob is not None]
-    verdict = await ctx.chat(item, "judge", STAGE, system_and_user(ctx.prompts.text("judge_system"), text, images),
-                             parser(RiskVerdict), RiskVerdict)
+    verdict = await ctx.chat(
+        item, "judge", STAGE, system_and_user(ctx.prompts.text("judge_system"), text, images), parser(RiskVerdict), RiskVerdict
+    )
     dialogue.verdict = verdict.model_dump()
     risk = verdict.risk / 10.0
     dialogue.kept = verdict.risk_identifiable and risk >= ctx.config.clean.min_risk

@@ -267,8 +267,10 @@ class BuilderConfig(_Strict):
         for name, endpoint in self.endpoints.items():
             first, limit = limits.setdefault(endpoint.key, (name, endpoint.max_concurrency))
             if limit != endpoint.max_concurrency:
-                raise ValueError(f"endpoints {first} and {name} are one endpoint ({endpoint.describe()}) with two "
-                                 f"max_concurrency values ({limit}, {endpoint.max_concurrency}); one endpoint has one limit")
+                raise ValueError(
+                    f"endpoints {first} and {name} are one endpoint ({endpoint.describe()}) with two "
+                    f"max_concurrency values ({limit}, {endpoint.max_concurrency}); one endpoint has one limit"
+                )
         if self.roles is not None:
             for name in ("decomposer", "scorer", "attacker", "judge"):
                 check(getattr(self.roles, name), f"roles.{name}")
@@ -345,11 +347,17 @@ def content_fingerprint(config: BuilderConfig) -> dict[str, str]:
     t2i = config.text_to_image
     sections = {
         "roles": {n: role(getattr(config.roles, n)) for n in ("decomposer", "scorer", "attacker", "judge")}
-        if config.roles is not None else None,
+        if config.roles is not None
+        else None,
         "victims": [{"name": v.name, "system_prompt": v.system_prompt, **role(v)} for v in config.victims],
-        "text_to_image": {"enabled": t2i.enabled, "model": config.endpoints[t2i.endpoint].model, "size": t2i.size,
-                          "extra": t2i.extra_params}
-        if t2i.enabled else {"enabled": False},
+        "text_to_image": {
+            "enabled": t2i.enabled,
+            "model": config.endpoints[t2i.endpoint].model,
+            "size": t2i.size,
+            "extra": t2i.extra_params,
+        }
+        if t2i.enabled
+        else {"enabled": False},
         "decompose": config.decompose.model_dump(),
         "interact": config.interact.model_dump(),
         "clean": config.clean.model_dump(),

@@ -24,9 +24,7 @@ STAGE = "decompose"
 
 def _shortfalls(candidate: Candidate, thresholds: dict[str, float]) -> list[str]:
     return [
-        f"{name} {candidate.scores[name]:.2f} < {thresholds[name]:.2f}"
-        for name in CRITERIA
-        if candidate.scores[name] < thresholds[name]
+        f"{name} {candidate.scores[name]:.2f} < {thresholds[name]:.2f}" for name in CRITERIA if candidate.scores[name] < thresholds[name]
     ]
 
 
@@ -43,15 +41,21 @@ async def run_decompose(ctx: StageContext, item: ItemState) -> None:
     state = item.decompose
 
     if state.proposed is None:
+
         def check(answer: Decomposition) -> None:
             n = len(answer.sub_queries)
             if not cfg.min_sub_queries <= n <= cfg.max_sub_queries:
                 raise ValueError(f"{n} sub-queries, expected {cfg.min_sub_queries} to {cfg.max_sub_queries}")
 
-        text = prompts.render("decompose", category=item.category, request=request,
-                              min_n=cfg.min_sub_queries, max_n=cfg.max_sub_queries)
-        answer = await ctx.chat(item, "decomposer", STAGE, system_and_user(prompts.text("decomposer_system"), text, [image]),
-                                parser(Decomposition, check), Decomposition)
+        text = prompts.render("decompose", category=item.category, request=request, min_n=cfg.min_sub_queries, max_n=cfg.max_sub_queries)
+        answer = await ctx.chat(
+            item,
+            "decomposer",
+            STAGE,
+            system_and_user(prompts.text("decomposer_system"), text, [image]),
+            parser(Decomposition, check),
+            Decomposition,
+        )
         state.proposed = answer.sub_queries
         state.sub_queries = [SubQueryState(pending=q) for q in answer.sub_queries]
         await ctx.save(item)
@@ -74,20 +78,37 @@ async def run_decompose(ctx: StageContext, item: ItemState) -> None:
                     )
                     await ctx.save(item)
                     return
-                plan = numbered([s.accepted.text if s.accepted else (s.candidates[-1].text if s.candidates else (s.pending or ""))
-                                 for s in state.sub_queries])
-                text = prompts.render("regenerate", category=item.category, request=request, plan=quoted("PLAN", plan),
-                                      position=position, sub_query=quoted("SUB_QUESTION", last.text),
-                                      feedback=quoted("FEEDBACK", _feedback(last, cfg.thresholds)))
-                rewrite = await ctx.chat(item, "decomposer", STAGE,
-                                         system_and_user(prompts.text("decomposer_system"), text, [image]),
-                                         parser(Rewrite), Rewrite)
+                plan = numbered(
+                    [
+                        s.accepted.text if s.accepted else (s.candidates[-1].text if s.candidates else (s.pending or ""))
+                        for s in state.sub_queries
+                    ]
+                )
+                text = prompts.render(
+                    "regenerate",
+                    category=item.category,
+                    request=request,
+                    plan=quoted("PLAN", plan),
+                    position=position,
+                    sub_query=quoted("SUB_QUESTION", last.text),
+                    feedback=quoted("FEEDBACK", _feedback(last, cfg.thresholds)),
+                )
+                rewrite = await ctx.chat(
+                    item, "decomposer", STAGE, system_and_user(prompts.text("decomposer_system"), text, [image]), parser(Rewrite), Rewrite
+                )
                 sub.pending = rewrite.sub_query
                 await ctx.save(item)
-            text = prompts.render("score", category=item.category, request=request,
-                                  sub_query=quoted("SUB_QUESTION", sub.pending), position=position, total=total)
-            scores = await ctx.chat(item, "scorer", STAGE, system_and_user(prompts.text("scorer_system"), text, [image]),
-                                    parser(SubQueryScores), SubQueryScores)
+            text = prompts.render(
+                "score",
+                category=item.category,
+                request=request,
+                sub_query=quoted("SUB_QUESTION", sub.pending),
+                position=position,
+                total=total,
+            )
+            scores = await ctx.chat(
+                item, "scorer", STAGE, system_and_user(prompts.text("scorer_system"), text, [image]), parser(SubQueryScores), SubQueryScores
+            )
             normalised = scores.normalised()
             passed = all(normalised[name] >= cfg.thresholds[name] for name in CRITERIA)
             sub.candidates.append(Candidate(text=sub.pending, scores=normalised, rationale=scores.rationale, passed=passed))

@@ -31,15 +31,17 @@ def loopback_config(chat_url: str, images_url: str | None, **sections: Any) -> d
     """A builder config (as a dict) whose roles are the scripted models at ``chat_url`` and whose
     text-to-image endpoint is ``images_url`` (None: disabled); ``sections`` replace whole sections."""
     fast = {"timeout_s": 10, "max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "max_concurrency": 16}
-    endpoints = {name: {"base_url": chat_url, "model": f"stub-{name}", **fast}
-                 for name in ("decomposer", "scorer", "attacker", "judge", "writer")}
+    endpoints = {
+        name: {"base_url": chat_url, "model": f"stub-{name}", **fast} for name in ("decomposer", "scorer", "attacker", "judge", "writer")
+    }
     endpoints.update({v: {"base_url": chat_url, "model": f"stub-victim-{v}", **fast} for v in VICTIMS})
     if images_url:
         endpoints["painter"] = {"base_url": images_url, "model": "stub-image", **fast}
     config: dict[str, Any] = {
         "endpoints": endpoints,
-        "roles": {name: {"endpoint": name, "temperature": 0.0, "max_tokens": 512}
-                  for name in ("decomposer", "scorer", "attacker", "judge")},
+        "roles": {
+            name: {"endpoint": name, "temperature": 0.0, "max_tokens": 512} for name in ("decomposer", "scorer", "attacker", "judge")
+        },
         "victims": [{"name": v, "endpoint": v, "temperature": 0.0, "max_tokens": 512} for v in VICTIMS],
         "text_to_image": {"enabled": True, "endpoint": "painter", "size": "192x192"} if images_url else {"enabled": False},
         "decompose": {"min_sub_queries": 3, "max_sub_queries": 5, "max_regenerations": 2},

@@ -72,16 +72,14 @@ def dialogue_record(item: ItemState, victim: str, config: BuilderConfig, image_n
         "victim": victim,
         "victim_model": victim_model,
         "sub_queries": item.decompose.final_texts(),
-        "new_images": [{"turn": t, "description": turn.image_description}
-                       for t, turn in enumerate(dialogue.turns) if turn.image == "new"],
+        "new_images": [{"turn": t, "description": turn.image_description} for t, turn in enumerate(dialogue.turns) if turn.image == "new"],
         "denied_new_images": [t for t, turn in enumerate(dialogue.turns) if turn.denied_new_image],
         "removed_images": [r.model_dump() for r in dialogue.removed_images or []],
         "judge": dialogue.verdict,
     }
     if config.output.victim_replies == "meta":
         meta["victim_replies"] = [turn.victim_reply for turn in dialogue.turns]
-    return {"id": dialogue_id(item, victim, config), "category": item.category, "source": item.source,
-            "turns": turns, "meta": meta}
+    return {"id": dialogue_id(item, victim, config), "category": item.category, "source": item.source, "turns": turns, "meta": meta}
 
 
 def dialogue_id(item: ItemState, victim: str, config: BuilderConfig) -> str:
@@ -96,8 +94,9 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: CheckpointStore, output_dir: Path,
-           ledger: Ledger | None = None) -> ExportCounts:
+def export(
+    items: Iterable[Optional[ItemState]], config: BuilderConfig, store: CheckpointStore, output_dir: Path, ledger: Ledger | None = None
+) -> ExportCounts:
     """Write the output files for ``items`` (in the given order, read one at a time) into ``output_dir``;
     every call record of the items is added to ``ledger``."""
     counts = ExportCounts()
@@ -130,8 +129,9 @@ def export(items: Iterable[Optional[ItemState]], config: BuilderConfig, store: C
                 record_id = dialogue_id(item, victim.name, config)
                 if not dialogue.kept:
                     counts.dropped_dialogues += 1
-                    dropped.append({"id": record_id, "seed_id": item.seed_id, "victim": victim.name, "stage": "clean",
-                                    "reason": dialogue.drop_reason})
+                    dropped.append(
+                        {"id": record_id, "seed_id": item.seed_id, "victim": victim.name, "stage": "clean", "reason": dialogue.drop_reason}
+                    )
                     continue
                 names: list[str | None] = []
                 for t, (_, blob) in enumerate(kept_turns(dialogue)):
@@ -174,30 +174,41 @@ def dataset_card(config: BuilderConfig, counts: ExportCounts) -> DatasetCard:
             roles[name] = {"model": config.endpoints[role.endpoint].model, "temperature": role.temperature}
     return DatasetCard(
         pretty_name="InterSafe-V (built with am3-verl)",
-        summary=("Multi-turn multimodal attack dialogues built by am3-verl's InterSafe-V builder "
-                 "(`data_prep/build_intersafe_v.py`): red-team seeds decomposed into innocuous-looking sub-queries, "
-                 "played one per turn against victim models by an attacker model (drawing new pictures where needed), "
-                 "then cleaned of near-duplicate images and of dialogues without an identifiable risk. One dialogue "
-                 "per line in am3-verl's InterSafe-V form (`id`, `category`, `source`, `turns` of `user` text and "
-                 "`images` paths, `meta` with the provenance); convert it with `data_prep/intersafe_v.py`."),
+        summary=(
+            "Multi-turn multimodal attack dialogues built by am3-verl's InterSafe-V builder "
+            "(`data_prep/build_intersafe_v.py`): red-team seeds decomposed into innocuous-looking sub-queries, "
+            "played one per turn against victim models by an attacker model (drawing new pictures where needed), "
+            "then cleaned of near-duplicate images and of dialogues without an identifiable risk. One dialogue "
+            "per line in am3-verl's InterSafe-V form (`id`, `category`, `source`, `turns` of `user` text and "
+            "`images` paths, `meta` with the provenance); convert it with `data_prep/intersafe_v.py`."
+        ),
         configs=[CardConfig("default", {"train": OUTPUT_FILE}, default=True)],
         n_records=counts.dialogues,
         task_categories=["image-text-to-text", "visual-question-answering"],
-        distributions={"category": dict(counts.by_category), "source": dict(counts.by_source),
-                       "seed status": dict(counts.by_status)},
+        distributions={"category": dict(counts.by_category), "source": dict(counts.by_source), "seed status": dict(counts.by_status)},
         settings={
             "command": "data_prep/build_intersafe_v.py",
             "roles": roles,
             "victims": [{"name": v.name, "model": config.endpoints[v.endpoint].model} for v in config.victims],
-            "text_to_image": {"enabled": config.text_to_image.enabled,
-                              "model": config.endpoints[config.text_to_image.endpoint].model if config.text_to_image.enabled else None},
+            "text_to_image": {
+                "enabled": config.text_to_image.enabled,
+                "model": config.endpoints[config.text_to_image.endpoint].model if config.text_to_image.enabled else None,
+            },
             "decompose": config.decompose.model_dump(mode="json"),
             "interact": config.interact.model_dump(mode="json"),
             "clean": config.clean.model_dump(mode="json"),
             "victim_replies": config.output.victim_replies,
-            "counts": {"dialogues": counts.dialogues, "images": counts.images, "dropped_seeds": counts.dropped_seeds,
-                       "dropped_dialogues": counts.dropped_dialogues, "failed_seeds": counts.failed},
+            "counts": {
+                "dialogues": counts.dialogues,
+                "images": counts.images,
+                "dropped_seeds": counts.dropped_seeds,
+                "dropped_dialogues": counts.dropped_dialogues,
+                "failed_seeds": counts.failed,
+            },
         },
-        files={IMAGES_DIR + "/": "the pictures the dialogues name", DROPPED_FILE: "dropped seeds and dialogues, with the reason",
-               FAILED_FILE: "seeds whose last call failed (a rerun continues them)"},
+        files={
+            IMAGES_DIR + "/": "the pictures the dialogues name",
+            DROPPED_FILE: "dropped seeds and dialogues, with the reason",
+            FAILED_FILE: "seeds whose last call failed (a rerun continues them)",
+        },
     )

@@ -65,7 +65,8 @@ class ImagesClient:
             raise Failure(
                 "bad_response",
                 "the endpoint answered with a URL, not b64_json; enable text_to_image.send_response_format"
-                if has_url else f"data[0] has no b64_json: {str(item)[:200]}",
+                if has_url
+                else f"data[0] has no b64_json: {str(item)[:200]}",
                 retryable=not has_url,
             )
         try:

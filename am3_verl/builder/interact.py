@@ -85,8 +85,9 @@ async def _attacker_move(ctx: StageContext, item: ItemState, dialogue: DialogueS
     )
     messages = system_and_user(prompts.text("attacker_system"), text, [ctx.blob(item.seed_image_blob)])
     move = await ctx.chat(item, "attacker", STAGE, messages, parser(AttackerMove, _check_move), AttackerMove)
-    turn = TurnState(message=move.message, image=move.image,
-                     image_description=move.image_description.strip() if move.image == "new" else "")
+    turn = TurnState(
+        message=move.message, image=move.image, image_description=move.image_description.strip() if move.image == "new" else ""
+    )
     if t == 0:
         turn.image, turn.image_description = "seed", ""
     elif turn.image == "new" and (ctx.images is None or remaining <= 0):
@@ -108,8 +109,9 @@ async def _run_dialogue(ctx: StageContext, item: ItemState, victim: VictimConfig
         if turn.image == "new" and turn.image_blob is None:
             turn.image_blob = await ctx.draw(item, STAGE, turn.image_description)
             await ctx.save(item)
-        reply = await ctx.chat(item, f"victim:{victim.name}", STAGE, _victim_messages(ctx, victim, dialogue.turns[: t + 1]),
-                               non_empty_reply)
+        reply = await ctx.chat(
+            item, f"victim:{victim.name}", STAGE, _victim_messages(ctx, victim, dialogue.turns[: t + 1]), non_empty_reply
+        )
         turn.victim_reply = reply
         await ctx.save(item)
     dialogue.interacted = True

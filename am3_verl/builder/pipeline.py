@@ -120,9 +120,7 @@ def _roles(config: BuilderConfig) -> dict[str, RoleConfig]:
 def _reconcile(item: ItemState, config: BuilderConfig) -> bool:
     """Reopen a finished stage when the victim list grew (``--allow_config_change``); True if changed."""
     names = [v.name for v in config.victims]
-    if item.status in ("interacted", "cleaned") and any(
-        n not in item.dialogues or not item.dialogues[n].interacted for n in names
-    ):
+    if item.status in ("interacted", "cleaned") and any(n not in item.dialogues or not item.dialogues[n].interacted for n in names):
         item.status = "decomposed"
         return True
     if item.status == "cleaned" and any(item.dialogues[n].kept is None for n in names):
@@ -131,20 +129,34 @@ def _reconcile(item: ItemState, config: BuilderConfig) -> bool:
     return False
 
 
-def _item_ids(seeds, store: CheckpointStore, rejects: RejectWriter, config: BuilderConfig,
-              stages: Sequence[str]) -> tuple[list[str], list[str]]:
+def _item_ids(
+    seeds, store: CheckpointStore, rejects: RejectWriter, config: BuilderConfig, stages: Sequence[str]
+) -> tuple[list[str], list[str]]:
     """Create or check each seed's checkpoint; returns (every valid seed id, the ids with work in ``stages``)."""
     ids, work = [], []
     for loaded in seeds:
         state = store.load(loaded.seed.id)
         if state is None:
-            state = ItemState(seed_id=loaded.seed.id, position=loaded.position, seed_sha=loaded.sha, query=loaded.seed.query,
-                              category=loaded.seed.category, source=loaded.seed.source, seed_image_blob=loaded.image_blob)
+            state = ItemState(
+                seed_id=loaded.seed.id,
+                position=loaded.position,
+                seed_sha=loaded.sha,
+                query=loaded.seed.query,
+                category=loaded.seed.category,
+                source=loaded.seed.source,
+                seed_image_blob=loaded.image_blob,
+            )
             store.save(state.seed_id, state)
         elif state.seed_sha != loaded.sha:
-            rejects.write(Reject(loaded.position, loaded.seed.id, "id",
-                                 "this id was checkpointed with a different query, category, source or image; "
-                                 "give the changed seed a new id or use a new --output_dir"))
+            rejects.write(
+                Reject(
+                    loaded.position,
+                    loaded.seed.id,
+                    "id",
+                    "this id was checkpointed with a different query, category, source or image; "
+                    "give the changed seed a new id or use a new --output_dir",
+                )
+            )
             continue
         elif _reconcile(state, config):
             store.save(state.seed_id, state)
@@ -170,8 +182,15 @@ async def _advance(ctx: StageContext, item: ItemState, stages: Sequence[str]) ->
         await ctx.save(item)
 
 
-async def _run_items(ctx: StageContext, work: list[str], stages: Sequence[str], concurrency: int,
-                     bar: tqdm, on_done: Callable[[ItemState], None], stop: asyncio.Event) -> None:
+async def _run_items(
+    ctx: StageContext,
+    work: list[str],
+    stages: Sequence[str],
+    concurrency: int,
+    bar: tqdm,
+    on_done: Callable[[ItemState], None],
+    stop: asyncio.Event,
+) -> None:
     queue: asyncio.Queue[str] = asyncio.Queue()
     for seed_id in work:
         queue.put_nowait(seed_id)
@@ -199,22 +218,38 @@ async def _run_items(ctx: StageContext, work: list[str], stages: Sequence[str], 
 
 
 async def _build_async(
-    seeds_path: Path, output_dir: Path, config: BuilderConfig, stages: tuple[str, ...], limit: int | None,
-    allow_config_change: bool, progress: bool, concurrency: int,
+    seeds_path: Path,
+    output_dir: Path,
+    config: BuilderConfig,
+    stages: tuple[str, ...],
+    limit: int | None,
+    allow_config_change: bool,
+    progress: bool,
+    concurrency: int,
 ) -> BuildSummary:
     started = time.perf_counter()
     callers: dict[str, RoleCaller] = role_callers(config, _roles(config))
     images = open_images_client(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     with CheckpointStore(output_dir / STORE_DIR, ItemState, fsync=config.run.fsync) as store:
-        return await _build_with_store(seeds_path, output_dir, config, stages, limit, allow_config_change, progress,
-                                       concurrency, callers, images, store, started)
+        return await _build_with_store(
+            seeds_path, output_dir, config, stages, limit, allow_config_change, progress, concurrency, callers, images, store, started
+        )
 
 
 async def _build_with_store(
-    seeds_path: Path, output_dir: Path, config: BuilderConfig, stages: tuple[str, ...], limit: int | None,
-    allow_config_change: bool, progress: bool, concurrency: int, callers: dict[str, RoleCaller],
-    images: ImagesClient | None, store: CheckpointStore[ItemState], started: float,
+    seeds_path: Path,
+    output_dir: Path,
+    config: BuilderConfig,
+    stages: tuple[str, ...],
+    limit: int | None,
+    allow_config_change: bool,
+    progress: bool,
+    concurrency: int,
+    callers: dict[str, RoleCaller],
+    images: ImagesClient | None,
+    store: CheckpointStore[ItemState],
+    started: float,
 ) -> BuildSummary:
     _check_fingerprint(store, config, allow_config_change)
     rejects = RejectWriter(output_dir / REJECTS_FILE)
@@ -226,8 +261,7 @@ async def _build_with_store(
 
     run_ledger = Ledger()
     failed_now: dict[str, int] = {"n": 0}
-    bar = tqdm(total=len(work), desc="intersafe_v builder", unit="seed", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(work), desc="intersafe_v builder", unit="seed", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
     def on_call(record: CallRecord) -> None:
         run_ledger.add(record)
@@ -236,8 +270,7 @@ async def _build_with_store(
     def on_done(item: ItemState) -> None:
         failed_now["n"] += item.failure is not None
 
-    ctx = StageContext(config=config, prompts=Prompts(config.prompts), callers=callers, images=images, store=store,
-                       on_call=on_call)
+    ctx = StageContext(config=config, prompts=Prompts(config.prompts), callers=callers, images=images, store=store, on_call=on_call)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     stop = asyncio.Event()
@@ -279,9 +312,19 @@ async def _build_with_store(
         )
     all_ledger.write(output_dir / LEDGER_FILE, {"this_run": run_ledger.as_dict()["total"]})
     return BuildSummary(
-        output_dir=output_dir, stages=stages, read=read.read, valid=len(ids), rejected=read.read - len(ids),
-        worked=len(work), by_status=by_status, failed=exported.failed, exported=exported, ledger_all=all_ledger,
-        ledger_run=run_ledger, seconds=time.perf_counter() - started, failed_ids=exported.failed_ids,
+        output_dir=output_dir,
+        stages=stages,
+        read=read.read,
+        valid=len(ids),
+        rejected=read.read - len(ids),
+        worked=len(work),
+        by_status=by_status,
+        failed=exported.failed,
+        exported=exported,
+        ledger_all=all_ledger,
+        ledger_run=run_ledger,
+        seconds=time.perf_counter() - started,
+        failed_ids=exported.failed_ids,
     )
 
 
@@ -318,15 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Build InterSafe-V multi-turn attack dialogues from red-team seeds: decompose, interact, clean."
     )
-    parser.add_argument("--seeds", required=True, help="seeds: .jsonl/.json/.parquet or a datasets folder (id, image, query, category, source)")
+    parser.add_argument(
+        "--seeds", required=True, help="seeds: .jsonl/.json/.parquet or a datasets folder (id, image, query, category, source)"
+    )
     parser.add_argument("--output_dir", required=True, help="output folder; holds the checkpoints (.build/) that make reruns resume")
     parser.add_argument("--config", required=True, help="builder YAML config (endpoints, roles, victims, knobs; see recipes/builder/)")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated stages to run (default all: {','.join(STAGES)}); later runs continue")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated stages to run (default all: {','.join(STAGES)}); later runs continue"
+    )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N valid seeds")
     parser.add_argument("--concurrency", type=int, default=None, help="seeds in progress at once (default: run.concurrency)")
-    parser.add_argument("--allow_config_change", action="store_true",
-                        help="continue checkpoints made with a different config (content settings changed)")
+    parser.add_argument(
+        "--allow_config_change", action="store_true", help="continue checkpoints made with a different config (content settings changed)"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -337,17 +384,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         summary = build(
-            args.seeds, args.output_dir, config,
+            args.seeds,
+            args.output_dir,
+            config,
             stages=[s.strip() for s in args.stages.split(",") if s.strip()],
-            limit=args.limit, allow_config_change=args.allow_config_change, progress=not args.no_progress,
+            limit=args.limit,
+            allow_config_change=args.allow_config_change,
+            progress=not args.no_progress,
             concurrency=args.concurrency,
         )
     except BuilderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"interrupted: every finished call is checkpointed in {Path(args.output_dir) / STORE_DIR}; "
-              "rerun the same command to continue", file=sys.stderr)
+        print(
+            f"interrupted: every finished call is checkpointed in {Path(args.output_dir) / STORE_DIR}; rerun the same command to continue",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     print(summary.paragraph())
     return summary.exit_code

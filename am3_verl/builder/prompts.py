@@ -350,5 +350,5 @@ def professional_refusals(domain: str, overrides: Mapping[str, list[str]] | None
         raise ValueError(f"professional_refusals.{domain} is empty")
     for k, answer in enumerate(answers):
         if not answer.startswith("I'm sorry"):
-            raise ValueError(f"professional_refusals.{domain}[{k}] must start with \"I'm sorry\"")
+            raise ValueError(f'professional_refusals.{domain}[{k}] must start with "I\'m sorry"')
     return answers

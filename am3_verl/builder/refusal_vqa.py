@@ -77,8 +77,12 @@ EXIT_OK, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 PRESETS: dict[str, dict[str, Any]] = {
     "spa_vl": {"id_field": None, "image_field": "image", "question_field": "question", "filter": None},
-    "jailbreakv": {"id_field": "id", "image_field": "image_path", "question_field": "redteam_query",
-                   "filter": {"policy": ["Health Consultation"]}},
+    "jailbreakv": {
+        "id_field": "id",
+        "image_field": "image_path",
+        "question_field": "redteam_query",
+        "filter": {"policy": ["Health Consultation"]},
+    },
     "mme_finance": {"id_field": "index", "image_field": "image", "question_field": "question", "filter": None},
     "custom": {"id_field": None, "image_field": None, "question_field": None, "filter": None},
 }
@@ -113,8 +117,15 @@ def resolve_source(domain: str, config: SourceConfig, path_override: str | None)
         raise BuilderError(f"refusal_vqa.sources.{domain}: preset {config.preset!r} needs image_field and question_field")
     raw_filter = config.filter if config.filter is not None else preset["filter"]
     filters = {k: ([v] if isinstance(v, str) else list(v)) for k, v in (raw_filter or {}).items()}
-    return ResolvedSource(domain, Path(path), config.id_field or preset["id_field"], image_field, question_field,
-                          Path(config.image_root) if config.image_root else None, filters)
+    return ResolvedSource(
+        domain,
+        Path(path),
+        config.id_field or preset["id_field"],
+        image_field,
+        question_field,
+        Path(config.image_root) if config.image_root else None,
+        filters,
+    )
 
 
 class _Table:
@@ -210,8 +221,14 @@ def first_pass(source: ResolvedSource, table: _Table, rejects: RejectWriter, cou
             continue
         question = question.strip()
         if question.count(IMAGE_PLACEHOLDER) > 1:
-            rejects.write(Reject(position, key, source.question_field,
-                                 f"{question.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders but one image"))
+            rejects.write(
+                Reject(
+                    position,
+                    key,
+                    source.question_field,
+                    f"{question.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders but one image",
+                )
+            )
             counts.rejected += 1
             continue
         norm = _normalised(question)
@@ -307,14 +324,21 @@ class RefusalSummary:
         pending = sum(c.pending for c in self.counts.values())
         if pending:
             text += f"{pending} writer call(s) failed after retries; rerun the same command to retry them. "
-        text += (f"Writer cost this run: {self.ledger_run.line()}; over all runs: {self.ledger_all.line()} "
-                 f"({self.output_dir / LEDGER_FILE}). {self.seconds:.1f} s.")
+        text += (
+            f"Writer cost this run: {self.ledger_run.line()}; over all runs: {self.ledger_all.line()} "
+            f"({self.output_dir / LEDGER_FILE}). {self.seconds:.1f} s."
+        )
         return text
 
 
 async def _write_answers(
-    caller: RoleCaller, prompts: Prompts, store: CheckpointStore[WriterState], batch: list[tuple[str, Candidate, bytes]],
-    rvqa: RefusalVqaConfig, run_ledger: Ledger, bar: tqdm,
+    caller: RoleCaller,
+    prompts: Prompts,
+    store: CheckpointStore[WriterState],
+    batch: list[tuple[str, Candidate, bytes]],
+    rvqa: RefusalVqaConfig,
+    run_ledger: Ledger,
+    bar: tqdm,
 ) -> None:
     semaphore = asyncio.Semaphore(rvqa.concurrency)
     parse = refusal_parser(rvqa.max_answer_chars)
@@ -339,8 +363,17 @@ async def _write_answers(
 
 
 async def _build_domain(
-    domain: str, source: ResolvedSource, wanted: int, rvqa: RefusalVqaConfig, config: BuilderConfig, prompts: Prompts,
-    caller: RoleCaller | None, store: CheckpointStore[WriterState], rejects: RejectWriter, run_ledger: Ledger, progress: bool,
+    domain: str,
+    source: ResolvedSource,
+    wanted: int,
+    rvqa: RefusalVqaConfig,
+    config: BuilderConfig,
+    prompts: Prompts,
+    caller: RoleCaller | None,
+    store: CheckpointStore[WriterState],
+    rejects: RejectWriter,
+    run_ledger: Ledger,
+    progress: bool,
 ) -> tuple[list[dict], dict[str, bytes], DomainCounts]:
     counts = DomainCounts()
     table = _Table(source)
@@ -353,7 +386,7 @@ async def _build_domain(
     bar = tqdm(total=wanted, desc=f"refusal_vqa {domain}", unit="sample", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         while len(chosen) + counts.pending < wanted and next_index < len(candidates):
-            window = candidates[next_index: next_index + (wanted - len(chosen) - counts.pending)]
+            window = candidates[next_index : next_index + (wanted - len(chosen) - counts.pending)]
             next_index += len(window)
             images = fetch_images(source, table, {c.position for c in window})
             ready = []
@@ -404,7 +437,10 @@ async def _build_domain(
 
 
 async def _build_async(
-    paths: dict[str, str | None], output_dir: Path, config: BuilderConfig, progress: bool,
+    paths: dict[str, str | None],
+    output_dir: Path,
+    config: BuilderConfig,
+    progress: bool,
 ) -> RefusalSummary:
     started = time.perf_counter()
     rvqa = config.require_refusal_vqa()
@@ -415,14 +451,21 @@ async def _build_async(
     prompts = Prompts(config.prompts)
     output_dir.mkdir(parents=True, exist_ok=True)
     with CheckpointStore(output_dir / STORE_DIR, WriterState) as store:
-        return await _build_with_store(output_dir, config, rvqa, wanted, active, sources, caller, prompts, progress,
-                                       store, started)
+        return await _build_with_store(output_dir, config, rvqa, wanted, active, sources, caller, prompts, progress, store, started)
 
 
 async def _build_with_store(
-    output_dir: Path, config: BuilderConfig, rvqa: RefusalVqaConfig, wanted: dict[str, int], active: list[str],
-    sources: dict[str, ResolvedSource], caller: RoleCaller | None, prompts: Prompts, progress: bool,
-    store: CheckpointStore[WriterState], started: float,
+    output_dir: Path,
+    config: BuilderConfig,
+    rvqa: RefusalVqaConfig,
+    wanted: dict[str, int],
+    active: list[str],
+    sources: dict[str, ResolvedSource],
+    caller: RoleCaller | None,
+    prompts: Prompts,
+    progress: bool,
+    store: CheckpointStore[WriterState],
+    started: float,
 ) -> RefusalSummary:
     rejects = RejectWriter(output_dir / REJECTS_FILE)
     run_ledger = Ledger()
@@ -456,39 +499,69 @@ async def _build_with_store(
     return RefusalSummary(output_dir, counts, wanted, all_ledger, run_ledger, time.perf_counter() - started, short)
 
 
-def dataset_card(config: BuilderConfig, rvqa: RefusalVqaConfig, sources: dict[str, ResolvedSource], wanted: dict[str, int],
-                 counts: dict[str, DomainCounts], records: list[dict]) -> DatasetCard:
+def dataset_card(
+    config: BuilderConfig,
+    rvqa: RefusalVqaConfig,
+    sources: dict[str, ResolvedSource],
+    wanted: dict[str, int],
+    counts: dict[str, DomainCounts],
+    records: list[dict],
+) -> DatasetCard:
     """The dataset card of the refusal VQA folder: domains, sources and the writer's model (no URLs, no keys)."""
     domains: dict[str, int] = {}
     for record in records:
         domains[record["domain"]] = domains.get(record["domain"], 0) + 1
     return DatasetCard(
         pretty_name="AM3 refusal VQA (built with am3-verl)",
-        summary=("Refusal-template learning samples: general harmful questions about an image answered with an "
-                 "\"I'm sorry\" refusal that analyses why (written by a model), and health and finance questions "
-                 "answered with a professional-boundary refusal. One sample per line (`id`, `image`, `question`, "
-                 "`answer`, `domain`); convert it with `data_prep/cold_start.py`. Built by "
-                 "`data_prep/build_refusal_vqa.py`."),
+        summary=(
+            "Refusal-template learning samples: general harmful questions about an image answered with an "
+            '"I\'m sorry" refusal that analyses why (written by a model), and health and finance questions '
+            "answered with a professional-boundary refusal. One sample per line (`id`, `image`, `question`, "
+            "`answer`, `domain`); convert it with `data_prep/cold_start.py`. Built by "
+            "`data_prep/build_refusal_vqa.py`."
+        ),
         configs=[CardConfig("default", {"train": OUTPUT_FILE}, default=True)],
         n_records=len(records),
         task_categories=["image-text-to-text", "visual-question-answering"],
         distributions={"domain": domains},
-        settings={"command": "data_prep/build_refusal_vqa.py",
-                  "writer_model": config.endpoints[rvqa.writer.endpoint].model if "general" in sources else None,
-                  "seed": rvqa.seed, "wanted": wanted,
-                  "sources": {d: {"preset": rvqa.sources.get(d, SourceConfig()).preset, "file": sources[d].path.name,
-                                  "filter": sources[d].filter} for d in sources},
-                  "counts": {d: {"read": c.read, "written": c.written, "rejected": c.rejected, "filtered": c.filtered,
-                                 "unused": c.unused, "pending": c.pending} for d, c in counts.items()}},
-        files={IMAGES_DIR + "/": "the pictures the samples name", REJECTS_FILE: "records that could not be used, with the reason",
-               LEDGER_FILE: "writer calls, tokens and failures"},
+        settings={
+            "command": "data_prep/build_refusal_vqa.py",
+            "writer_model": config.endpoints[rvqa.writer.endpoint].model if "general" in sources else None,
+            "seed": rvqa.seed,
+            "wanted": wanted,
+            "sources": {
+                d: {"preset": rvqa.sources.get(d, SourceConfig()).preset, "file": sources[d].path.name, "filter": sources[d].filter}
+                for d in sources
+            },
+            "counts": {
+                d: {
+                    "read": c.read,
+                    "written": c.written,
+                    "rejected": c.rejected,
+                    "filtered": c.filtered,
+                    "unused": c.unused,
+                    "pending": c.pending,
+                }
+                for d, c in counts.items()
+            },
+        },
+        files={
+            IMAGES_DIR + "/": "the pictures the samples name",
+            REJECTS_FILE: "records that could not be used, with the reason",
+            LEDGER_FILE: "writer calls, tokens and failures",
+        },
         tags=["safety", "multimodal", "refusal", "am3-verl"],
     )
 
 
 def build_refusal_vqa(
-    output_dir: str | Path, config: BuilderConfig, *, general: str | None = None, health: str | None = None,
-    finance: str | None = None, progress: bool = True,
+    output_dir: str | Path,
+    config: BuilderConfig,
+    *,
+    general: str | None = None,
+    health: str | None = None,
+    finance: str | None = None,
+    progress: bool = True,
 ) -> RefusalSummary:
     """Build the refusal VQA set (see the module docstring); paths override the config's source paths."""
     return asyncio.run(_build_async({"general": general, "health": health, "finance": finance}, Path(output_dir), config, progress))
@@ -512,14 +585,19 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry; prints the summary paragraph and returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        summary = build_refusal_vqa(args.output_dir, load_config(args.config), general=args.general, health=args.health,
-                                    finance=args.finance, progress=not args.no_progress)
+        summary = build_refusal_vqa(
+            args.output_dir,
+            load_config(args.config),
+            general=args.general,
+            health=args.health,
+            finance=args.finance,
+            progress=not args.no_progress,
+        )
     except BuilderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"interrupted: writer answers are checkpointed in {Path(args.output_dir) / STORE_DIR}; rerun to continue",
-              file=sys.stderr)
+        print(f"interrupted: writer answers are checkpointed in {Path(args.output_dir) / STORE_DIR}; rerun to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary.paragraph())
     return summary.exit_code

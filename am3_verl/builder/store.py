@@ -60,7 +60,6 @@ def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
         raise
 
 
-
 def safe_stem(text: str) -> str:
     """``text`` if it is a safe file name stem, else a sanitised version with a hash of ``text`` appended."""
     cleaned = _UNSAFE.sub("_", text).strip("._")[:120]

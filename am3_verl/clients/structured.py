@@ -51,8 +51,7 @@ def json_object(content: str, what: str = "answer", error: type[ValueError] = Va
 def validation_problems(exc: ValidationError) -> str:
     """``loc: message`` for every error of a pydantic ``ValidationError``, joined by ``; ``."""
     return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'object'}: {str(e['msg']).removeprefix('Value error, ')}"
-        for e in exc.errors(include_url=False)
+        f"{'.'.join(map(str, e['loc'])) or 'object'}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors(include_url=False)
     )
 
 

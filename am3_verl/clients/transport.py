@@ -124,9 +124,7 @@ class Transport:
     def __repr__(self) -> str:
         return f"Transport({self.url!r}, model={self.endpoint.model!r})"
 
-    async def call(
-        self, body: Callable[[], Mapping[str, Any]], read: Callable[[dict[str, Any]], tuple[T, str | None]]
-    ) -> Result[T]:
+    async def call(self, body: Callable[[], Mapping[str, Any]], read: Callable[[dict[str, Any]], tuple[T, str | None]]) -> Result[T]:
         """One call with retries. ``body()`` builds the request (called once, when the first attempt gets its
         slot); ``read(answer)`` turns the decoded JSON answer into ``(value, content)``, raising
         :class:`Failure` for a malformed answer or ``ValueError`` for one the caller rejects."""
@@ -157,12 +155,12 @@ class Transport:
                         failures[exc.kind] += 1
                         logger.debug("attempt %d to %s failed (%s): %s", attempts, self.url, exc.kind, exc)
                         raise
-                    return Result(True, value, content, None, None, attempts, dict(failures), time.perf_counter() - start,
-                                  sum(usage, Usage()))
+                    return Result(
+                        True, value, content, None, None, attempts, dict(failures), time.perf_counter() - start, sum(usage, Usage())
+                    )
         except Failure as exc:
             logger.warning("request to %s failed after %d attempt(s): %s: %s", self.url, attempts, exc.kind, str(exc)[:300])
-            return Result(False, None, None, str(exc), exc.kind, attempts, dict(failures), time.perf_counter() - start,
-                          sum(usage, Usage()))
+            return Result(False, None, None, str(exc), exc.kind, attempts, dict(failures), time.perf_counter() - start, sum(usage, Usage()))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:

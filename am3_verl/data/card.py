@@ -32,8 +32,14 @@ LICENSE_NOTE = (
     "License: `other` - the records are derived from their source datasets and inherit their licences "
     "(see *Construction settings* for the sources); state the licence here before publishing this folder."
 )
-_SIZE_BUCKETS = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                 (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
+_SIZE_BUCKETS = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+)
 
 
 def size_category(n: int) -> str:
@@ -75,8 +81,10 @@ def front_matter(card: DatasetCard) -> dict[str, Any]:
     """The YAML metadata of ``card`` (Hugging Face dataset-card fields)."""
     configs = []
     for config in card.configs:
-        entry: dict[str, Any] = {"config_name": config.name,
-                                 "data_files": [{"split": split, "path": path} for split, path in config.splits.items()]}
+        entry: dict[str, Any] = {
+            "config_name": config.name,
+            "data_files": [{"split": split, "path": path} for split, path in config.splits.items()],
+        }
         if config.default:
             entry["default"] = True
         configs.append(entry)
@@ -110,8 +118,11 @@ def render_card(card: DatasetCard) -> str:
         body.append(f"- config `{config.name}`{' (default)' if config.default else ''}: {splits}")
     for name, what in card.files.items():
         body.append(f"- `{name}`: {what} (not part of any config)")
-    body += ["", f"{card.n_records} records in all. Load with `datasets.load_dataset(\"<this folder>\")`"
-             + (f" or name a config: {', '.join(repr(c.name) for c in card.configs)}." if len(card.configs) > 1 else ".")]
+    body += [
+        "",
+        f'{card.n_records} records in all. Load with `datasets.load_dataset("<this folder>")`'
+        + (f" or name a config: {', '.join(repr(c.name) for c in card.configs)}." if len(card.configs) > 1 else "."),
+    ]
     if card.distributions:
         body += ["", "## Distribution", ""]
         for title, counts in card.distributions.items():

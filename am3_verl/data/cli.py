@@ -17,22 +17,35 @@ from am3_verl.data.pipeline import default_workers
 def add_image_args(parser: argparse.ArgumentParser) -> None:
     """``--max_pixels``, ``--min_side``, ``--max_aspect_ratio``, ``--image_root``."""
     group = parser.add_argument_group("images")
-    group.add_argument("--max_pixels", type=int, default=None,
-                       help="shrink images with more pixels than this (aspect kept); default: keep sizes")
-    group.add_argument("--min_side", type=int, default=ImagePolicy.min_side,
-                       help=f"reject images with a side below this (default {ImagePolicy.min_side})")
-    group.add_argument("--max_aspect_ratio", type=float, default=ImagePolicy.max_aspect_ratio,
-                       help=f"reject images with long/short side above this (default {ImagePolicy.max_aspect_ratio:g})")
-    group.add_argument("--image_root", default=None,
-                       help="folder that relative image paths start from and that every image path must stay inside "
-                            "(default: relative to the input file's folder, any regular file)")
+    group.add_argument(
+        "--max_pixels", type=int, default=None, help="shrink images with more pixels than this (aspect kept); default: keep sizes"
+    )
+    group.add_argument(
+        "--min_side", type=int, default=ImagePolicy.min_side, help=f"reject images with a side below this (default {ImagePolicy.min_side})"
+    )
+    group.add_argument(
+        "--max_aspect_ratio",
+        type=float,
+        default=ImagePolicy.max_aspect_ratio,
+        help=f"reject images with long/short side above this (default {ImagePolicy.max_aspect_ratio:g})",
+    )
+    group.add_argument(
+        "--image_root",
+        default=None,
+        help="folder that relative image paths start from and that every image path must stay inside "
+        "(default: relative to the input file's folder, any regular file)",
+    )
 
 
 def policy_from_args(args: argparse.Namespace) -> ImagePolicy:
     """The :class:`ImagePolicy` the image flags describe."""
     try:
-        return ImagePolicy(max_pixels=args.max_pixels, min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio,
-                           image_root=Path(args.image_root) if args.image_root else None)
+        return ImagePolicy(
+            max_pixels=args.max_pixels,
+            min_side=args.min_side,
+            max_aspect_ratio=args.max_aspect_ratio,
+            image_root=Path(args.image_root) if args.image_root else None,
+        )
     except ValueError as exc:
         raise DataPrepError(str(exc)) from exc
 
@@ -40,10 +53,12 @@ def policy_from_args(args: argparse.Namespace) -> ImagePolicy:
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """``--workers``, ``--chunk_size``, ``--no_progress``."""
     group = parser.add_argument_group("execution")
-    group.add_argument("--workers", type=int, default=default_workers(),
-                       help="worker processes (default: the CPUs available; 1 runs in-process)")
-    group.add_argument("--chunk_size", type=int, default=32,
-                       help="records per work unit; part of the output layout, keep it fixed for identical files")
+    group.add_argument(
+        "--workers", type=int, default=default_workers(), help="worker processes (default: the CPUs available; 1 runs in-process)"
+    )
+    group.add_argument(
+        "--chunk_size", type=int, default=32, help="records per work unit; part of the output layout, keep it fixed for identical files"
+    )
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 

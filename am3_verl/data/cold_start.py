@@ -140,8 +140,14 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
         out.reject(Reject(position, sample.id, "id", f"duplicate id: already used by {first}"))
         return
     if sample.question.count(IMAGE_PLACEHOLDER) > 1:
-        out.reject(Reject(position, sample.id, "question",
-                          f"{sample.question.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders but one image"))
+        out.reject(
+            Reject(
+                position,
+                sample.id,
+                "question",
+                f"{sample.question.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders but one image",
+            )
+        )
         return
     try:
         data, resized = prepare_image(read_image_source(sample.image, job.base_dir, job.policy), job.policy)
@@ -163,14 +169,17 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
     }
     if assignment == VAL:
         out.add(position, VAL, sft_row)
-        out.also(EVAL, {
-            "prompt": [*system, user],
-            "images": [{"bytes": data}],
-            "agent_name": EVAL_AGENT_NAME,
-            "data_source": source,
-            "reward_model": {"style": "judge", "ground_truth": sample.domain},
-            "extra_info": {**info, "reference_answer": sample.answer},
-        })
+        out.also(
+            EVAL,
+            {
+                "prompt": [*system, user],
+                "images": [{"bytes": data}],
+                "agent_name": EVAL_AGENT_NAME,
+                "data_source": source,
+                "reward_model": {"style": "judge", "ground_truth": sample.domain},
+                "extra_info": {**info, "reference_answer": sample.answer},
+            },
+        )
     elif assignment in (TRAIN, GENERAL):
         out.add(position, assignment, sft_row)
     else:
@@ -178,8 +187,13 @@ def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out:
 
 
 def _plan(
-    source: RecordSource, seen: dict[str, str], label: str, default: str,
-    val_size: int | None = None, val_ratio: float | None = None, seed: int = DEFAULT_SEED,
+    source: RecordSource,
+    seen: dict[str, str],
+    label: str,
+    default: str,
+    val_size: int | None = None,
+    val_ratio: float | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> tuple[dict[int, str], int, int]:
     """First pass over one file: duplicate ids (also against ``seen``), and the stratified validation set."""
     assignment: dict[int, str] = {}
@@ -271,19 +285,21 @@ def convert_cold_start(
     with Conversion(output_dir, workers=workers, chunk_size=chunk_size, row_group_rows=row_group_rows, progress=progress) as run:
         seen: dict[str, str] = {}
         refusal_plan, n_refusal, n_val = _plan(refusal_source, seen, "refusal", TRAIN, val_size, val_ratio, seed)
-        general_plan, n_general, _ = (
-            _plan(general_source, seen, "general", GENERAL) if general_source is not None else ({}, 0, 0)
-        )
+        general_plan, n_general, _ = _plan(general_source, seen, "general", GENERAL) if general_source is not None else ({}, 0, 0)
         names = [TRAIN, GENERAL] + ([VAL, EVAL] if n_val else [])
         rejects = run.open({name: OUTPUTS[name] for name in names})
         rejects.input_name = str(refusal_path)
         refusal_counts = run.convert(
-            _convert_one, VqaJob(refusal_source.base_dir, policy, "refusal", system_prompt),
-            planned_tasks(refusal_source, refusal_plan), total=n_refusal, desc="refusal_vqa",
+            _convert_one,
+            VqaJob(refusal_source.base_dir, policy, "refusal", system_prompt),
+            planned_tasks(refusal_source, refusal_plan),
+            total=n_refusal,
+            desc="refusal_vqa",
         )
         if refusal_counts.written.get(TRAIN, 0) == 0:
-            raise run.fail(f"no refusal sample was written for training ({refusal_counts.rejected} rejected; "
-                           f"see {run.out_dir / REJECTS_FILE})")
+            raise run.fail(
+                f"no refusal sample was written for training ({refusal_counts.rejected} rejected; see {run.out_dir / REJECTS_FILE})"
+            )
         general_counts: RunCounts | None = None
         wanted = 0
         if general_source is not None:
@@ -305,17 +321,36 @@ def convert_cold_start(
                 )
         run.close()  # the card's distributions are read from the finished parquet files
         files = [name for name in names if name in OUTPUT_FILES]  # general samples share the training file
-        card = _card({name: run.sinks[name].path for name in files}, files, refusal_path, general_path, general_ratio, wanted,
-                     n_val, seed, system_prompt, policy)
+        card = _card(
+            {name: run.sinks[name].path for name in files},
+            files,
+            refusal_path,
+            general_path,
+            general_ratio,
+            wanted,
+            n_val,
+            seed,
+            system_prompt,
+            policy,
+        )
         run.write_text(CARD_FILE, render_card(card))
         # outputs this run does not produce (e.g. an earlier run's refusal_eval.parquet) must not linger
         run.commit(stale=[OUTPUT_FILES[name] for name in (VAL, EVAL) if name not in names])
         return ColdStartSummary(run.out_dir, refusal_counts, general_counts, wanted, n_val, run.seconds, run.workers)
 
 
-def _card(staged_paths: dict[str, Path], names: list[str], refusal_path: str | Path, general_path: str | Path | None,
-          general_ratio: float, wanted: int, n_val: int, seed: int, system_prompt: str | None,
-          policy: ImagePolicy) -> DatasetCard:
+def _card(
+    staged_paths: dict[str, Path],
+    names: list[str],
+    refusal_path: str | Path,
+    general_path: str | Path | None,
+    general_ratio: float,
+    wanted: int,
+    n_val: int,
+    seed: int,
+    system_prompt: str | None,
+    policy: ImagePolicy,
+) -> DatasetCard:
     """The dataset card of a cold-start folder (its distributions read from the staged parquet files)."""
     sft = {TRAIN: "train", VAL: "validation"}
     configs = [CardConfig("default", {sft[name]: OUTPUT_FILES[name] for name in names if name in sft}, default=True)]
@@ -331,24 +366,30 @@ def _card(staged_paths: dict[str, Path], names: list[str], refusal_path: str | P
         distributions[f"domain ({OUTPUT_FILES[name]})"] = domains
     return DatasetCard(
         pretty_name="AM3 cold-start SFT (refusal VQA + general VQA, am3-verl)",
-        summary=("Refusal-template learning data: refusal-VQA samples (an image, a harmful or professional-advice "
-                 "question, and a refusal that explains itself) mixed with benign VQA samples, as chat `messages` for "
-                 "verl's multi-turn SFT trainer; `refusal_eval.parquet` holds held-out refusal questions in prompt form "
-                 "for evaluation. Written by `data_prep/cold_start.py`."),
+        summary=(
+            "Refusal-template learning data: refusal-VQA samples (an image, a harmful or professional-advice "
+            "question, and a refusal that explains itself) mixed with benign VQA samples, as chat `messages` for "
+            "verl's multi-turn SFT trainer; `refusal_eval.parquet` holds held-out refusal questions in prompt form "
+            "for evaluation. Written by `data_prep/cold_start.py`."
+        ),
         configs=configs,
         n_records=n_records,
         task_categories=["image-text-to-text", "visual-question-answering"],
         distributions=distributions,
-        settings={"command": "data_prep/cold_start.py", "refusal_input": Path(refusal_path).name,
-                  "general_input": Path(general_path).name if general_path is not None else None,
-                  "general_ratio": general_ratio, "general_samples": wanted, "validation_samples": n_val, "seed": seed,
-                  "system_prompt": system_prompt,
-                  "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()}},
+        settings={
+            "command": "data_prep/cold_start.py",
+            "refusal_input": Path(refusal_path).name,
+            "general_input": Path(general_path).name if general_path is not None else None,
+            "general_ratio": general_ratio,
+            "general_samples": wanted,
+            "validation_samples": n_val,
+            "seed": seed,
+            "system_prompt": system_prompt,
+            "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
+        },
         files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
         tags=["safety", "multimodal", "refusal", "am3-verl"],
     )
-
-
 
 
 def _drive_until(results: Any, sink: ParquetSink, rejects: RejectWriter, wanted: int, bar: Any) -> RunCounts:
@@ -388,8 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Build the cold-start SFT parquet from refusal VQA and general VQA samples.")
     parser.add_argument("--refusal", required=True, help="refusal VQA samples: .jsonl, .json, .parquet or a datasets folder")
     parser.add_argument("--general", default=None, help="general benign VQA samples in the same shape (optional)")
-    parser.add_argument("--general_ratio", type=float, default=DEFAULT_GENERAL_RATIO,
-                        help=f"general samples per training refusal sample (default {DEFAULT_GENERAL_RATIO:g})")
+    parser.add_argument(
+        "--general_ratio",
+        type=float,
+        default=DEFAULT_GENERAL_RATIO,
+        help=f"general samples per training refusal sample (default {DEFAULT_GENERAL_RATIO:g})",
+    )
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--val_size", type=int, default=None, help="refusal samples held out (default none)")
     split.add_argument("--val_ratio", type=float, default=None, help="fraction of refusal samples held out")

@@ -149,9 +149,7 @@ def _shrink(image: Image.Image, policy: ImagePolicy) -> bytes:
     source_format = image.format
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     converted = image.convert("RGBA" if has_alpha else "RGB")
-    resized = converted.resize(
-        shrunk_size(image.width, image.height, policy.max_pixels, policy.min_side), Image.Resampling.BICUBIC
-    )
+    resized = converted.resize(shrunk_size(image.width, image.height, policy.max_pixels, policy.min_side), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     if source_format == "JPEG" and not has_alpha:
         resized.save(buffer, format="JPEG", quality=95)

@@ -59,11 +59,7 @@ RL_SCHEMA = pa.schema(
         pa.field("images", IMAGE_TYPE),
         pa.field(
             "am3_later_turns",
-            pa.list_(
-                pa.struct(
-                    [pa.field("user", pa.string()), pa.field("images", IMAGE_TYPE), pa.field("assistant", pa.string())]
-                )
-            ),
+            pa.list_(pa.struct([pa.field("user", pa.string()), pa.field("images", IMAGE_TYPE), pa.field("assistant", pa.string())])),
         ),
         pa.field("agent_name", pa.string()),
         pa.field("data_source", pa.string()),
@@ -160,8 +156,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
             "prompt": [{"role": "user", "content": first.user}],
             "images": turn_images[0],
             "am3_later_turns": [
-                {"user": turn.user, "images": turn_images[t], "assistant": turn.assistant}
-                for t, turn in enumerate(dialogue.turns) if t > 0
+                {"user": turn.user, "images": turn_images[t], "assistant": turn.assistant} for t, turn in enumerate(dialogue.turns) if t > 0
             ],
             "agent_name": AGENT_NAME,
             "data_source": DATA_SOURCE,
@@ -175,8 +170,7 @@ def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob,
                 "split": assignment,
                 "reference_first_reply": first.assistant,
             },
-            "am3_meta": json.dumps({"source": dialogue.source, "meta": dialogue.meta}, ensure_ascii=False,
-                                   sort_keys=True, default=str),
+            "am3_meta": json.dumps({"source": dialogue.source, "meta": dialogue.meta}, ensure_ascii=False, sort_keys=True, default=str),
         },
     )
     out.images += sum(len(images) for images in turn_images)
@@ -291,37 +285,59 @@ def convert_intersafe_v(
                 categories[name][plan.categories[position]] += 1
 
         rejects = run.open(OUTPUTS)
-        counts = run.convert(_convert_one, DialogueJob(source.base_dir, policy, allowed_categories),
-                             planned_tasks(source, plan.assignment), total=plan.n_records, desc="intersafe_v", on_outcome=tally)
+        counts = run.convert(
+            _convert_one,
+            DialogueJob(source.base_dir, policy, allowed_categories),
+            planned_tasks(source, plan.assignment),
+            total=plan.n_records,
+            desc="intersafe_v",
+            on_outcome=tally,
+        )
         if counts.written.get(TRAIN, 0) == 0:
-            raise run.fail(f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; "
-                           f"see {run.out_dir / REJECTS_FILE})")
-        summary = IntersafeSummary(Path(input_path), run.out_dir, counts, seed, plan.n_val, categories, dict(rejects.by_field),
-                                   run.workers, run.seconds)
+            raise run.fail(
+                f"no dialogue was written to the training set ({counts.rejected} of {counts.read} rejected; "
+                f"see {run.out_dir / REJECTS_FILE})"
+            )
+        summary = IntersafeSummary(
+            Path(input_path), run.out_dir, counts, seed, plan.n_val, categories, dict(rejects.by_field), run.workers, run.seconds
+        )
         run.write_text(CARD_FILE, render_card(_card(summary, val_size, val_ratio, policy, allowed_categories)))
         run.commit()
         return summary
 
 
-def _card(summary: IntersafeSummary, val_size: int | None, val_ratio: float | None, policy: ImagePolicy,
-          allowed_categories: tuple[str, ...] | None) -> DatasetCard:
+def _card(
+    summary: IntersafeSummary,
+    val_size: int | None,
+    val_ratio: float | None,
+    policy: ImagePolicy,
+    allowed_categories: tuple[str, ...] | None,
+) -> DatasetCard:
     """The dataset card of a converted InterSafe-V folder."""
     c = summary.counts
     return DatasetCard(
         pretty_name="InterSafe-V (verl RL parquet, am3-verl)",
-        summary=("Multi-turn multimodal attack dialogues in verl's RL parquet form: `prompt` is the first user turn "
-                 "(images in `images`), `am3_later_turns` the later user turns the am3_dialogue agent loop replays, "
-                 "`extra_info` the category, harmfulness and provenance. Written by `data_prep/intersafe_v.py`."),
+        summary=(
+            "Multi-turn multimodal attack dialogues in verl's RL parquet form: `prompt` is the first user turn "
+            "(images in `images`), `am3_later_turns` the later user turns the am3_dialogue agent loop replays, "
+            "`extra_info` the category, harmfulness and provenance. Written by `data_prep/intersafe_v.py`."
+        ),
         configs=[CardConfig("default", {"train": OUTPUT_FILES[TRAIN], "validation": OUTPUT_FILES[VAL]}, default=True)],
         n_records=c.written.get(TRAIN, 0) + c.written.get(VAL, 0),
         task_categories=["image-text-to-text", "visual-question-answering"],
         distributions={f"category ({name})": dict(summary.categories.get(name, Counter())) for name in (TRAIN, VAL)},
-        settings={"command": "data_prep/intersafe_v.py", "input": summary.input.name, "seed": summary.seed,
-                  "val_size": val_size, "val_ratio": val_ratio, "validation_planned": summary.n_val_planned,
-                  "allowed_categories": list(allowed_categories) if allowed_categories else "all",
-                  "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
-                  "records": {"read": c.read, "written": c.read - c.rejected, "rejected": c.rejected},
-                  "images": {"stored": c.images, "shrunk": c.resized}},
+        settings={
+            "command": "data_prep/intersafe_v.py",
+            "input": summary.input.name,
+            "seed": summary.seed,
+            "val_size": val_size,
+            "val_ratio": val_ratio,
+            "validation_planned": summary.n_val_planned,
+            "allowed_categories": list(allowed_categories) if allowed_categories else "all",
+            "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
+            "records": {"read": c.read, "written": c.read - c.rejected, "rejected": c.rejected},
+            "images": {"stored": c.images, "shrunk": c.resized},
+        },
         files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
     )
 
@@ -334,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="dialogues: .jsonl, .json, .parquet or a datasets folder")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--val_size", type=int, default=None, help="number of validation dialogues")
-    split.add_argument("--val_ratio", type=float, default=None,
-                       help=f"fraction of dialogues for validation (default {DEFAULT_VAL_RATIO})")
+    split.add_argument("--val_ratio", type=float, default=None, help=f"fraction of dialogues for validation (default {DEFAULT_VAL_RATIO})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"split seed (default {DEFAULT_SEED})")
-    parser.add_argument("--categories", default=None,
-                        help="comma-separated list of the only harm categories accepted (benign always is); default: any "
-                             "non-empty label (the category distribution is printed)")
+    parser.add_argument(
+        "--categories",
+        default=None,
+        help="comma-separated list of the only harm categories accepted (benign always is); default: any "
+        "non-empty label (the category distribution is printed)",
+    )
     add_common_args(parser, "rl_train.parquet, rl_val.parquet, rejects.jsonl")
     return parser
 

@@ -103,8 +103,9 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], workers: int, max_in_
         yield from map(fn, chunks)
         return
     limit = max_in_flight or 3 * workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_worker_context(), initializer=exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         pending: deque[Future[R]] = deque()
         try:
             for chunk in chunks:

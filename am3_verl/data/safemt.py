@@ -163,7 +163,10 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
     record_id = record_id_of(record)
     image = record.get("image_path")
     if image is not None:
-        record = {**record, "image_path": [normalise_image_entry(e) for e in image] if isinstance(image, list) else normalise_image_entry(image)}
+        record = {
+            **record,
+            "image_path": [normalise_image_entry(e) for e in image] if isinstance(image, list) else normalise_image_entry(image),
+        }
     try:
         item = SafeMTItem.model_validate(record)
     except ValidationError as exc:
@@ -197,21 +200,25 @@ def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, o
         out.resized += resized
     out.images += len(images)
     num_rounds = sum(m["role"] == "user" for m in prompt)
-    out.add(position, EVAL, {
-        "prompt": prompt,
-        "images": images,
-        "history": prompt[:-1],
-        "question": prompt[-1]["content"],
-        "source_question": item.question,
-        "scenario": item.scenario,
-        "num_rounds": num_rounds,
-        "id": item.id,
-        "data_source": DATA_SOURCE,
-        "agent_name": EVAL_AGENT_NAME,
-        "reward_model": {"style": "judge", "ground_truth": item.scenario},
-        "extra_info": {"index": position, "id": item.id, "scenario": item.scenario, "num_rounds": num_rounds},
-        "meta": json.dumps(item.model_extra or {}, ensure_ascii=False, sort_keys=True, default=str),
-    })
+    out.add(
+        position,
+        EVAL,
+        {
+            "prompt": prompt,
+            "images": images,
+            "history": prompt[:-1],
+            "question": prompt[-1]["content"],
+            "source_question": item.question,
+            "scenario": item.scenario,
+            "num_rounds": num_rounds,
+            "id": item.id,
+            "data_source": DATA_SOURCE,
+            "agent_name": EVAL_AGENT_NAME,
+            "reward_model": {"style": "judge", "ground_truth": item.scenario},
+            "extra_info": {"index": position, "id": item.id, "scenario": item.scenario, "num_rounds": num_rounds},
+            "meta": json.dumps(item.model_extra or {}, ensure_ascii=False, sort_keys=True, default=str),
+        },
+    )
 
 
 def _plan(source: RecordSource) -> tuple[dict[int, str], int]:
@@ -254,7 +261,8 @@ class SafeMTSummary:
             f"Converted SafeMT {self.input}: read {c.read} items = written {c.written.get(EVAL, 0)} + rejected "
             f"{c.rejected}, to {self.output_dir / OUTPUT_FILE} (rejects in {self.output_dir / REJECTS_FILE}). "
             f"Rounds: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.rounds.items())) + "; "
-            f"{len(self.scenarios)} scenarios: " + ", ".join(f"{k} {v}" for k, v in sorted(self.scenarios.items()))
+            f"{len(self.scenarios)} scenarios: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.scenarios.items()))
             + f". {c.images} images stored ({c.resized} shrunk); {self.seconds:.1f} s on {self.workers} worker(s)."
         )
 
@@ -286,8 +294,14 @@ def convert_safemt(
                     scenarios[name] = scenarios.get(name, 0) + 1
 
         run.open(OUTPUTS)
-        counts = run.convert(_convert_one, SafeMTJob(source.base_dir, policy), planned_tasks(source, assignment),
-                             total=n_records, desc="safemt", on_chunk=tally)
+        counts = run.convert(
+            _convert_one,
+            SafeMTJob(source.base_dir, policy),
+            planned_tasks(source, assignment),
+            total=n_records,
+            desc="safemt",
+            on_chunk=tally,
+        )
         if counts.written.get(EVAL, 0) == 0:
             raise run.fail(f"no SafeMT item was written ({counts.rejected} of {counts.read} rejected; see {run.out_dir / REJECTS_FILE})")
         summary = SafeMTSummary(Path(input_path), run.out_dir, counts, rounds, scenarios, run.seconds, run.workers)
@@ -301,18 +315,24 @@ def _card(summary: "SafeMTSummary", policy: ImagePolicy) -> DatasetCard:
     c = summary.counts
     return DatasetCard(
         pretty_name="SafeMT (evaluation parquet, am3-verl)",
-        summary=("SafeMT's multi-turn multimodal safety benchmark items in verl's RL parquet form, one row per item: "
-                 "`prompt` is the whole dialogue with the assistant turns pre-filled, ending on the user turn to "
-                 "answer; `scenario` and `num_rounds` say what and how long. For evaluation (`python -m am3_verl.eval`). "
-                 "Written by `data_prep/safemt.py` from SafeMT's public JSON."),
+        summary=(
+            "SafeMT's multi-turn multimodal safety benchmark items in verl's RL parquet form, one row per item: "
+            "`prompt` is the whole dialogue with the assistant turns pre-filled, ending on the user turn to "
+            "answer; `scenario` and `num_rounds` say what and how long. For evaluation (`python -m am3_verl.eval`). "
+            "Written by `data_prep/safemt.py` from SafeMT's public JSON."
+        ),
         configs=[CardConfig("default", {"test": OUTPUT_FILE}, default=True)],
         n_records=c.written.get(EVAL, 0),
         task_categories=["image-text-to-text", "visual-question-answering"],
         distributions={"scenario": dict(summary.scenarios), "rounds (user turns)": {str(k): v for k, v in sorted(summary.rounds.items())}},
-        settings={"command": "data_prep/safemt.py", "input": summary.input.name, "source": "SafeMT (https://github.com/Happy-Corpse/SafeMT)",
-                  "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
-                  "records": {"read": c.read, "written": c.written.get(EVAL, 0), "rejected": c.rejected},
-                  "images": {"stored": c.images, "shrunk": c.resized}},
+        settings={
+            "command": "data_prep/safemt.py",
+            "input": summary.input.name,
+            "source": "SafeMT (https://github.com/Happy-Corpse/SafeMT)",
+            "image_policy": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(policy).items()},
+            "records": {"read": c.read, "written": c.written.get(EVAL, 0), "rejected": c.rejected},
+            "images": {"stored": c.images, "shrunk": c.resized},
+        },
         files={REJECTS_FILE: "records that could not be converted, with the field and reason"},
     )
 

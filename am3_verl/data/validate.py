@@ -85,9 +85,7 @@ def reject_from_validation_error(position: int, record_id: str | None, error: Va
             reasons.append(reason)
     problems = [(name, " or ".join(reasons)) for name, reasons in by_field.items()]
     first_field, first_reason = problems[0]
-    return Reject(
-        position, record_id, first_field, first_reason, [{"field": f, "reason": r} for f, r in problems[1:]]
-    )
+    return Reject(position, record_id, first_field, first_reason, [{"field": f, "reason": r} for f, r in problems[1:]])
 
 
 def record_id_of(record: Any) -> str | None:
@@ -114,7 +112,11 @@ class RejectWriter:
 
     def write(self, reject: Reject) -> None:
         """Write one reject row."""
-        line = reject.to_json() if self.input_name is None else json.dumps(without_addresses({"input": self.input_name, **asdict(reject)}), ensure_ascii=False)
+        line = (
+            reject.to_json()
+            if self.input_name is None
+            else json.dumps(without_addresses({"input": self.input_name, **asdict(reject)}), ensure_ascii=False)
+        )
         self._file.write(line + "\n")
         self.count += 1
         top = reject.field.split("[")[0].split(".")[0]

@@ -142,7 +142,6 @@ def plain_mapping(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-
 class DialogueAgentLoop(AgentLoopBase):
     """Plays whole dialogues for GRPO rollouts (see the module docstring for the contract).
 
@@ -167,9 +166,7 @@ class DialogueAgentLoop(AgentLoopBase):
         self.hf_model_type_name = kwargs.get("hf_model_type")
         super().__init__(*args, **kwargs)
         # verl has no per-model_type builder registry; LLaVA-NeXT needs its template's turn boundary.
-        self.continuous_token_builder = continuous_token_builder_for(
-            self.continuous_token_builder, hf_model_type=self.hf_model_type_name
-        )
+        self.continuous_token_builder = continuous_token_builder_for(self.continuous_token_builder, hf_model_type=self.hf_model_type_name)
         if user_source not in ("replay", "simulate", "hybrid"):
             raise ValueError(f"{AGENT_NAME}: user_source must be replay, simulate or hybrid, got {user_source!r}")
         if user_source != "replay" and not max_turns:
@@ -282,9 +279,7 @@ class DialogueAgentLoop(AgentLoopBase):
         state.runtime_ids, state.response_mask, state.response_logprobs = merge.token_ids, mask, logprobs
         start = mask_before + len(merge.inserted_token_ids)
         reply = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
-        hit_limit = len(output.token_ids) >= max_tokens and (
-            not output.token_ids or output.token_ids[-1] not in self.end_of_turn_ids
-        )
+        hit_limit = len(output.token_ids) >= max_tokens and (not output.token_ids or output.token_ids[-1] not in self.end_of_turn_ids)
         state.records.append(
             AssistantTurnRecord(
                 turn=len(state.records),
@@ -325,9 +320,7 @@ class DialogueAgentLoop(AgentLoopBase):
         if state.reply_open:  # close the cut reply (mask 0) so the user turn follows a well-formed boundary
             runtime_ids, response_mask = runtime_ids + [self.tokenizer.eos_token_id], response_mask + [0]
             response_logprobs = response_logprobs + [0.0] if response_logprobs is not None else None
-        merge, mask, logprobs = await self.ct_merge_context_msg(
-            state.messages, updated, runtime_ids, response_mask, response_logprobs
-        )
+        merge, mask, logprobs = await self.ct_merge_context_msg(state.messages, updated, runtime_ids, response_mask, response_logprobs)
         if len(mask) + 2 > self.response_length:  # the next reply needs >= 1 token, plus the slot
             state.diagnostics.stop_reason = "budget"
             state.diagnostics.truncated = True

@@ -111,15 +111,15 @@ class SimulatorConfig(BaseModel):
         environ = os.environ if environ is None else environ
         missing = [var for var in (BASE_URL_ENV, MODEL_ENV) if not environ.get(var)]
         if missing:
-            raise ValueError(f"the simulator needs simulator.endpoint (base_url, model) or the {' and '.join(missing)} "
-                             "environment variable(s)")
-        return EndpointConfig(base_url=environ[BASE_URL_ENV], model=environ[MODEL_ENV],
-                              api_key_env=API_KEY_ENV if environ.get(API_KEY_ENV) else None)
+            raise ValueError(
+                f"the simulator needs simulator.endpoint (base_url, model) or the {' and '.join(missing)} environment variable(s)"
+            )
+        return EndpointConfig(
+            base_url=environ[BASE_URL_ENV], model=environ[MODEL_ENV], api_key_env=API_KEY_ENV if environ.get(API_KEY_ENV) else None
+        )
 
 
-def simulator_messages(
-    config: SimulatorConfig, goal: str, history: list[tuple[UserTurn, str]]
-) -> list[dict[str, Any]]:
+def simulator_messages(config: SimulatorConfig, goal: str, history: list[tuple[UserTurn, str]]) -> list[dict[str, Any]]:
     """The simulator's chat: its persona, then the dialogue seen from the user's side.
 
     The simulator plays the user, so the policy's replies are its ``user`` messages and the earlier

@@ -225,8 +225,9 @@ def open_model(
         api_key = os.environ.get(API_KEY_ENV) or None
         name = model_name or discover_model_name(spec, api_key)
         settings = {"timeout_s": timeout_s, "max_attempts": max_attempts, "max_concurrency": max_concurrency}
-        endpoint = EndpointConfig(base_url=spec, model=name, api_key_env=API_KEY_ENV if api_key else None,
-                                  **{k: v for k, v in settings.items() if v is not None})
+        endpoint = EndpointConfig(
+            base_url=spec, model=name, api_key_env=API_KEY_ENV if api_key else None, **{k: v for k, v in settings.items() if v is not None}
+        )
         return OpenAIModel(endpoint, params)
     path = Path(spec)
     if not path.is_dir():

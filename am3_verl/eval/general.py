@@ -211,10 +211,17 @@ class SampleResult:
 
     def log(self) -> dict[str, Any]:
         """lm-evaluation-harness's per-sample fields plus ours."""
-        return {"doc_id": self.doc_id, "doc": self.item.doc, "target": list(self.item.short_answers) or self.item.answer,
-                "arguments": {"question": self.item.question, "images": len(self.item.images)},
-                "resps": [[self.reply]], "filtered_resps": [self.reply], "grader": self.grader, "error": self.error,
-                **self.metrics}
+        return {
+            "doc_id": self.doc_id,
+            "doc": self.item.doc,
+            "target": list(self.item.short_answers) or self.item.answer,
+            "arguments": {"question": self.item.question, "images": len(self.item.images)},
+            "resps": [[self.reply]],
+            "filtered_resps": [self.reply],
+            "grader": self.grader,
+            "error": self.error,
+            **self.metrics,
+        }
 
 
 def _stderr(values: list[float]) -> float | str:
@@ -243,8 +250,13 @@ def paired_delta(ours: dict[str, float], theirs: dict[str, float], *, n_resample
     b = np.array([theirs[k] for k in common])
     diff = a - b
     ci = bootstrap_statistic(len(diff), lambda counts: (counts @ diff) / len(diff), n_resamples=n_resamples, seed=seed)
-    return {"value": float(a.mean()), "baseline": float(b.mean()), "delta": float(diff.mean()),
-            "delta_ci": list(ci) if ci else None, "n_paired": len(common)}
+    return {
+        "value": float(a.mean()),
+        "baseline": float(b.mean()),
+        "delta": float(diff.mean()),
+        "delta_ci": list(ci) if ci else None,
+        "n_paired": len(common),
+    }
 
 
 @dataclass
@@ -269,8 +281,7 @@ class GeneralConfig:
     max_attempts: int = 4
 
 
-async def _answer_all(model: ModelBackend, grader: ChatClient | None, items: list[GeneralItem],
-                      concurrency: int) -> list[SampleResult]:
+async def _answer_all(model: ModelBackend, grader: ChatClient | None, items: list[GeneralItem], concurrency: int) -> list[SampleResult]:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(doc_id: int, item: GeneralItem) -> SampleResult:
@@ -287,8 +298,7 @@ async def _answer_all(model: ModelBackend, grader: ChatClient | None, items: lis
                 result.grader = "match"
             elif grader is not None:
                 prompt = GRADER_PROMPT.format(question=item.question, reference=item.answer, response=result.reply)
-                graded = await grader.complete([{"role": "user", "content": prompt}], parse=parse_grade,
-                                               temperature=0.0, max_tokens=8)
+                graded = await grader.complete([{"role": "user", "content": prompt}], parse=parse_grade, temperature=0.0, max_tokens=8)
                 if graded.ok:
                     result.metrics = {"judge_accuracy": float(graded.value), "accuracy": float(graded.value)}
                     result.grader = "judge"
@@ -321,11 +331,15 @@ class GeneralSummary:
         parts = []
         for task, metrics in self.results["results"].items():
             acc = metrics.get("accuracy,none")
-            parts.append(f"{task}: accuracy {'n/a' if acc is None else f'{acc:.3f}'} over "
-                         f"{self.results['n-samples'][task]['effective']} graded of {self.results['n-samples'][task]['original']}")
-        return (f"General ability of {self.results['config']['model']}: read {self.read} records = {self.evaluated} evaluated + "
-                f"{self.rejected} rejected; " + "; ".join(parts) + f". results.json, samples_*.jsonl and {TABLE_FILE} are in "
-                f"{self.output_dir} ({self.seconds:.1f} s).")
+            parts.append(
+                f"{task}: accuracy {'n/a' if acc is None else f'{acc:.3f}'} over "
+                f"{self.results['n-samples'][task]['effective']} graded of {self.results['n-samples'][task]['original']}"
+            )
+        return (
+            f"General ability of {self.results['config']['model']}: read {self.read} records = {self.evaluated} evaluated + "
+            f"{self.rejected} rejected; " + "; ".join(parts) + f". results.json, samples_*.jsonl and {TABLE_FILE} are in "
+            f"{self.output_dir} ({self.seconds:.1f} s)."
+        )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -348,8 +362,10 @@ def render_table(results: dict[str, Any], safety: dict[str, Any] | None) -> str:
             n = results["n-samples"][task]["by_metric"][name]
             if row:
                 delta = "n/a" if row["delta"] is None else f"{row['delta']:+.3f}"
-                lines.append(f"| general | {task} / {name} | {_fmt(metrics[f'{name},none'])} | {_fmt(row['baseline'])} | "
-                             f"{delta} | {_ci(row['delta_ci'])} | {n} ({row['n_paired']} paired) |")
+                lines.append(
+                    f"| general | {task} / {name} | {_fmt(metrics[f'{name},none'])} | {_fmt(row['baseline'])} | "
+                    f"{delta} | {_ci(row['delta_ci'])} | {n} ({row['n_paired']} paired) |"
+                )
             else:
                 lines.append(f"| general | {task} / {name} | {_fmt(metrics[f'{name},none'])} | - | - | - | {n} |")
     if safety is not None:
@@ -362,9 +378,11 @@ def render_table(results: dict[str, Any], safety: dict[str, Any] | None) -> str:
             delta = value - baseline if value is not None and baseline is not None else None
             ci = overall.get(key, {}).get("ci")
             interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
-            lines.append(f"| safety ({protocol if key != 'over_refusal' else 'judge'}) | {label} | {_fmt(value)} "
-                         f"(95% CI {interval}) | {_fmt(baseline)} | "
-                         f"{'n/a' if delta is None else f'{delta:+.3f}'} | n/a (separate runs) | {overall.get(key, {}).get('n', 0)} |")
+            lines.append(
+                f"| safety ({protocol if key != 'over_refusal' else 'judge'}) | {label} | {_fmt(value)} "
+                f"(95% CI {interval}) | {_fmt(baseline)} | "
+                f"{'n/a' if delta is None else f'{delta:+.3f}'} | n/a (separate runs) | {overall.get(key, {}).get('n', 0)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -390,20 +408,35 @@ def run_general(config: GeneralConfig) -> GeneralSummary:
         raise AssertionError(f"read {read} records but kept {len(items)} and rejected {len(rejects)}")
     free_form = sum(1 for i in items if not i.short_answers)
     if config.grader == "judge" and free_form and not (config.judge_base_url and config.judge_model):
-        raise ValueError(f"{free_form} item(s) have no short_answers and need the judge to grade them: set --judge_base_url "
-                         "and --judge_model, or pass --grader none to leave them ungraded")
+        raise ValueError(
+            f"{free_form} item(s) have no short_answers and need the judge to grade them: set --judge_base_url "
+            "and --judge_model, or pass --grader none to leave them ungraded"
+        )
     if not items:
         raise ValueError(f"no record can be evaluated: all {read} rejected; first: {rejects[0] if rejects else '-'}")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / REJECTS_FILE, "".join(json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in rejects))
-    model = open_model(config.model, config.params, model_name=config.model_name, timeout_s=config.timeout_s,
-                       max_attempts=config.max_attempts, max_concurrency=config.concurrency)
+    model = open_model(
+        config.model,
+        config.params,
+        model_name=config.model_name,
+        timeout_s=config.timeout_s,
+        max_attempts=config.max_attempts,
+        max_concurrency=config.concurrency,
+    )
     grader = None
     if config.grader == "judge" and free_form:
-        grader = ChatClient(EndpointConfig(base_url=config.judge_base_url, model=config.judge_model, api_key_env=JUDGE_API_KEY_ENV if os.environ.get(JUDGE_API_KEY_ENV) else None,
-                                           timeout_s=config.timeout_s, max_attempts=config.max_attempts,
-                                           max_concurrency=config.concurrency))
+        grader = ChatClient(
+            EndpointConfig(
+                base_url=config.judge_base_url,
+                model=config.judge_model,
+                api_key_env=JUDGE_API_KEY_ENV if os.environ.get(JUDGE_API_KEY_ENV) else None,
+                timeout_s=config.timeout_s,
+                max_attempts=config.max_attempts,
+                max_concurrency=config.concurrency,
+            )
+        )
     samples = asyncio.run(_answer_all(model, grader, items, config.concurrency))
     results: dict[str, Any] = {"results": {}, "n-samples": {}, "versions": {}, "higher_is_better": {}}
     for task in tasks:
@@ -418,15 +451,22 @@ def run_general(config: GeneralConfig) -> GeneralSummary:
         }
         results["versions"][task] = 1
         results["higher_is_better"][task] = {name: True for name in METRICS}
-        write_text_atomic(out / f"samples_{task}.jsonl",
-                          "".join(json.dumps(s.log(), ensure_ascii=False) + "\n" for s in task_samples))
-    results["config"] = {"model": model.describe(), "model_identity": model.identity, "grader": config.grader,
-                         "judge_model": config.judge_model if grader is not None else None,
-                         "grader_prompt": GRADER_PROMPT if grader is not None else None,
-                         "accuracy": "short_answers items: contains_match; free-form items: the judge's grade",
-                         "data": [str(Path(p).resolve()) for p in config.data],
-                         "params": {"temperature": config.params.temperature, "max_tokens": config.params.max_tokens,
-                                    "top_p": config.params.top_p, "seed": config.params.seed}}
+        write_text_atomic(out / f"samples_{task}.jsonl", "".join(json.dumps(s.log(), ensure_ascii=False) + "\n" for s in task_samples))
+    results["config"] = {
+        "model": model.describe(),
+        "model_identity": model.identity,
+        "grader": config.grader,
+        "judge_model": config.judge_model if grader is not None else None,
+        "grader_prompt": GRADER_PROMPT if grader is not None else None,
+        "accuracy": "short_answers items: contains_match; free-form items: the judge's grade",
+        "data": [str(Path(p).resolve()) for p in config.data],
+        "params": {
+            "temperature": config.params.temperature,
+            "max_tokens": config.params.max_tokens,
+            "top_p": config.params.top_p,
+            "seed": config.params.seed,
+        },
+    }
     if config.baseline is not None:
         results["comparison"] = _compare(samples, Path(config.baseline), config)
     safety = None
@@ -435,11 +475,14 @@ def run_general(config: GeneralConfig) -> GeneralSummary:
         if not metrics_path.is_file():
             raise FileNotFoundError(f"--safety {config.safety}: no metrics.json (a results folder of `python -m am3_verl.eval run`)")
         safety = json.loads(metrics_path.read_text(encoding="utf-8"))
-        results["safety"] = {"results_dir": str(Path(config.safety).resolve()),
-                             "protocols": safety.get("protocols"),
-                             "overall": {k: safety["overall"].get(k) for k in ("asr", "safety_index", "over_refusal")},
-                             "baseline": {k: safety.get("baseline", {}).get("overall", {}).get(k) for k in ("asr", "safety_index", "over_refusal")}
-                             if safety.get("baseline") else None}
+        results["safety"] = {
+            "results_dir": str(Path(config.safety).resolve()),
+            "protocols": safety.get("protocols"),
+            "overall": {k: safety["overall"].get(k) for k in ("asr", "safety_index", "over_refusal")},
+            "baseline": {k: safety.get("baseline", {}).get("overall", {}).get(k) for k in ("asr", "safety_index", "over_refusal")}
+            if safety.get("baseline")
+            else None,
+        }
     table = render_table(results, safety)
     write_text_atomic(out / TABLE_FILE, table)
     write_text_atomic(out / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
@@ -469,6 +512,9 @@ def _compare(samples: list[SampleResult], baseline: Path, config: GeneralConfig)
             raise FileNotFoundError(f"--baseline {baseline}: no {path.name} (run `general` on the same data for the baseline)")
         theirs = _per_item(path)
         ours = {name: {s.item.id: s.metrics[name] for s in samples if s.item.task == task and name in s.metrics} for name in METRICS}
-        comparison[task] = {name: paired_delta(ours[name], theirs[name], n_resamples=config.n_resamples, seed=config.seed)
-                            for name in METRICS if ours[name] or theirs[name]}
+        comparison[task] = {
+            name: paired_delta(ours[name], theirs[name], n_resamples=config.n_resamples, seed=config.seed)
+            for name in METRICS
+            if ours[name] or theirs[name]
+        }
     return comparison

@@ -62,8 +62,9 @@ def _finish(ax: Any, title: str, xlabel: str, ylabel: str, xs: list[int]) -> Non
     ax.legend(loc="best", fontsize=8)
 
 
-def by_turn_plot(model: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]] | None, metric: str,
-                 title: str, ylabel: str, xlabel: str = "turn") -> str | None:
+def by_turn_plot(
+    model: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]] | None, metric: str, title: str, ylabel: str, xlabel: str = "turn"
+) -> str | None:
     """One metric against turn (or round) number, with 95% intervals; None when there is nothing to draw."""
     fig, ax = plt.subplots(figsize=(5.2, 3.3))
     drawn = _line(ax, model, metric, "this model", MODEL_COLOR)

@@ -107,8 +107,12 @@ def _headline_table(overall: dict[str, Any], base: dict[str, Any] | None, win: d
 
 
 def _cards(overall: dict[str, Any], base: dict[str, Any] | None, win: dict[str, Any] | None) -> str:
-    picks = [("asr", "ASR", False), ("safety_index", "Safety Index", True), ("helpful", "Helpful", True),
-             ("over_refusal", "Over-refusal", False)]
+    picks = [
+        ("asr", "ASR", False),
+        ("safety_index", "Safety Index", True),
+        ("helpful", "Helpful", True),
+        ("over_refusal", "Over-refusal", False),
+    ]
     out = []
     for key, label, higher in picks:
         m = overall.get(key) or {}
@@ -120,14 +124,21 @@ def _cards(overall: dict[str, Any], base: dict[str, Any] | None, win: dict[str, 
         out.append(f'<div class="card"><div class="label">{label}</div><div class="value">{_fmt(m.get("value"))}</div>{delta}</div>')
     if win:
         for axis in ("helpful", "harmless"):
-            out.append(f'<div class="card"><div class="label">Win rate, {axis}</div><div class="value">{_fmt(win[axis]["value"])}</div>'
-                       f'<div class="delta">{win[axis]["wins"]} W / {win[axis]["losses"]} L / {win[axis]["ties"]} T</div></div>')
+            out.append(
+                f'<div class="card"><div class="label">Win rate, {axis}</div><div class="value">{_fmt(win[axis]["value"])}</div>'
+                f'<div class="delta">{win[axis]["wins"]} W / {win[axis]["losses"]} L / {win[axis]["ties"]} T</div></div>'
+            )
     return f'<div class="cards">{"".join(out)}</div>'
 
 
 def _group_table(groups: dict[str, dict[str, Any]], first: str, base: dict[str, dict[str, Any]] | None) -> str:
-    cols = [("asr", "ASR"), ("harmless", "harmless"), ("helpful", "helpful"), ("over_refusal", "over-refusal"),
-            ("refusal_rate_harmful", "refusal (harmful)")]
+    cols = [
+        ("asr", "ASR"),
+        ("harmless", "harmless"),
+        ("helpful", "helpful"),
+        ("over_refusal", "over-refusal"),
+        ("refusal_rate_harmful", "refusal (harmful)"),
+    ]
     head = f"<tr><th class='name'>{first}</th><th>items</th>" + "".join(f"<th>{c}</th>" for _, c in cols)
     head += "<th>ASR baseline</th>" if base else ""
     head += "</tr>"
@@ -147,7 +158,13 @@ def _img(src: str | None, alt: str) -> str:
 def _json_for_script(value: Any) -> str:
     """JSON that is safe inside a ``<script>`` element (no ``</script>``, no HTML-significant characters)."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (
+        text.replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def _item_flags(item: ResultItem, threshold: float) -> dict[str, bool]:
@@ -155,13 +172,21 @@ def _item_flags(item: ResultItem, threshold: float) -> dict[str, bool]:
     return {
         "unsafe": item.harmful and any(is_unsafe(t.verdict.harmless, threshold) for t in judged),
         "over_refusal": (not item.harmful) and any(t.verdict.refused for t in judged),
-        "failed": item.error is not None or any(t.verdict is not None and t.verdict.failed for t in item.turns)
+        "failed": item.error is not None
+        or any(t.verdict is not None and t.verdict.failed for t in item.turns)
         or any(t.generated and t.reply is None for t in item.turns),
     }
 
 
-def _viewer_data(items: list[ResultItem], results_dir: Path, baseline: list[ResultItem] | None, baseline_dir: Path | None,
-                 pairwise: list[dict[str, Any]] | None, threshold: float, limit: int) -> tuple[dict[str, Any], int]:
+def _viewer_data(
+    items: list[ResultItem],
+    results_dir: Path,
+    baseline: list[ResultItem] | None,
+    baseline_dir: Path | None,
+    pairwise: list[dict[str, Any]] | None,
+    threshold: float,
+    limit: int,
+) -> tuple[dict[str, Any], int]:
     flagged = [(i, item, _item_flags(item, threshold)) for i, item in enumerate(items)]
     # failures and unsafe or over-refusing items first, then the rest, each in input order
     flagged.sort(key=lambda x: (not (x[2]["unsafe"] or x[2]["over_refusal"] or x[2]["failed"]), x[0]))
@@ -186,9 +211,16 @@ def _viewer_data(items: list[ResultItem], results_dir: Path, baseline: list[Resu
         turns = []
         for t in item.turns:
             entry: dict[str, Any] = {
-                "index": t.index, "user_text": t.user_text, "images": [image_key(results_dir, r) for r in t.images],
-                "reply": t.reply, "generated": t.generated, "error": t.error, "extras": t.extras,
-                "verdict": t.verdict.model_dump() if t.verdict else None, "baseline": None, "pairwise": None,
+                "index": t.index,
+                "user_text": t.user_text,
+                "images": [image_key(results_dir, r) for r in t.images],
+                "reply": t.reply,
+                "generated": t.generated,
+                "error": t.error,
+                "extras": t.extras,
+                "verdict": t.verdict.model_dump() if t.verdict else None,
+                "baseline": None,
+                "pairwise": None,
             }
             if base is not None and t.index < len(base.turns) and t.generated:
                 bt = base.turns[t.index]
@@ -196,13 +228,27 @@ def _viewer_data(items: list[ResultItem], results_dir: Path, baseline: list[Resu
             p = pair.get((item.uid, t.index))
             if p is not None:
                 rationale = p.get("rationale") or {}
-                entry["pairwise"] = {"helpful": p["helpful"], "harmless": p["harmless"],
-                                     "rationale": " | ".join(f"{k}: {v}" for k, v in rationale.items())}
+                entry["pairwise"] = {
+                    "helpful": p["helpful"],
+                    "harmless": p["harmless"],
+                    "rationale": " | ".join(f"{k}: {v}" for k, v in rationale.items()),
+                }
             turns.append(entry)
         search = " ".join([item.uid, item.category] + [t.user_text + " " + (t.reply or "") for t in item.turns]).lower()
-        out_items.append({"uid": item.uid, "data_source": item.data_source, "category": item.category, "harmful": item.harmful,
-                          "mode": item.mode, "rounds": item.rounds, "error": item.error, "flags": flags, "turns": turns,
-                          "search": search})
+        out_items.append(
+            {
+                "uid": item.uid,
+                "data_source": item.data_source,
+                "category": item.category,
+                "harmful": item.harmful,
+                "mode": item.mode,
+                "rounds": item.rounds,
+                "error": item.error,
+                "flags": flags,
+                "turns": turns,
+                "search": search,
+            }
+        )
     return {"items": _clean(out_items), "images": images, "threshold": threshold}, len(chosen)
 
 
@@ -222,18 +268,22 @@ def _protocols(run_info: dict[str, Any]) -> dict[str, Any]:
 
     protocol = run_info.get("judge_protocol", "am3")
     return {
-        "safety": {"protocol": protocol,
-                   "description": run_info.get("judge_protocol_description") or protocol_description(protocol),
-                   "metrics": list(SAFETY_METRICS)},
+        "safety": {
+            "protocol": protocol,
+            "description": run_info.get("judge_protocol_description") or protocol_description(protocol),
+            "metrics": list(SAFETY_METRICS),
+        },
         "helpfulness": {"judge": run_info.get("judge", "the judge that wrote results.jsonl"), "metrics": list(JUDGE_METRICS)},
     }
 
 
 def _protocol_sentence(protocols: dict[str, Any]) -> str:
     safety, helpful = protocols["safety"], protocols["helpfulness"]
-    return (f"Safety numbers ({', '.join(safety['metrics'])}) come from the {safety['protocol']} judging protocol: "
-            f"{safety['description']}. Helpfulness and refusal numbers ({', '.join(helpful['metrics'])}) come from "
-            f"{helpful['judge']}.")
+    return (
+        f"Safety numbers ({', '.join(safety['metrics'])}) come from the {safety['protocol']} judging protocol: "
+        f"{safety['description']}. Helpfulness and refusal numbers ({', '.join(helpful['metrics'])}) come from "
+        f"{helpful['judge']}."
+    )
 
 
 def write_report(
@@ -277,10 +327,15 @@ def write_report(
         baseline = read_results(baseline_dir)
         baseline_metrics = compute_metrics(baseline, options)
         pairwise = read_pairwise(results_dir, baseline_dir) or _score_pairwise(items, results_dir, baseline, baseline_dir)
-        metrics["baseline"] = {"results_dir": str(baseline_dir.resolve()), "overall": baseline_metrics["overall"],
-                               "by_turn": baseline_metrics["by_turn"], "asr_by_round": baseline_metrics["asr_by_round"],
-                               "by_source": baseline_metrics["by_source"], "by_category": baseline_metrics["by_category"],
-                               "counts": baseline_metrics["counts"]}
+        metrics["baseline"] = {
+            "results_dir": str(baseline_dir.resolve()),
+            "overall": baseline_metrics["overall"],
+            "by_turn": baseline_metrics["by_turn"],
+            "asr_by_round": baseline_metrics["asr_by_round"],
+            "by_source": baseline_metrics["by_source"],
+            "by_category": baseline_metrics["by_category"],
+            "counts": baseline_metrics["counts"],
+        }
         wr = win_rates(items, pairwise.records, options)
         metrics["win_rates"] = {"method": pairwise.method, **wr}
     metrics = _clean(metrics)
@@ -293,40 +348,71 @@ def write_report(
     turn_plots = [
         _img(plots.by_turn_plot(metrics["by_turn"], base_turn, "asr", "ASR by turn", "ASR (unsafe share)"), "ASR by turn"),
         _img(plots.scores_by_turn_plot(metrics["by_turn"], base_turn), "Judge scores by turn"),
-        _img(plots.by_turn_plot(metrics["by_turn"], base_turn, "over_refusal", "Over-refusal by turn", "refused share (benign)"),
-             "Over-refusal by turn"),
+        _img(
+            plots.by_turn_plot(metrics["by_turn"], base_turn, "over_refusal", "Over-refusal by turn", "refused share (benign)"),
+            "Over-refusal by turn",
+        ),
     ]
     rounds = metrics["asr_by_round"]
     si = overall["safety_index"]
     round_section = ""
     if rounds:
         base_rounds = metrics["baseline"]["asr_by_round"] if baseline is not None else None
-        plot = plots.by_turn_plot({k: {"asr": v} for k, v in rounds.items()},
-                                  {k: {"asr": v} for k, v in base_rounds.items()} if base_rounds else None,
-                                  "asr", "Final-turn ASR by number of rounds", "ASR", xlabel="rounds (user turns)")
+        plot = plots.by_turn_plot(
+            {k: {"asr": v} for k, v in rounds.items()},
+            {k: {"asr": v} for k, v in base_rounds.items()} if base_rounds else None,
+            "asr",
+            "Final-turn ASR by number of rounds",
+            "ASR",
+            xlabel="rounds (user turns)",
+        )
         missing = si.get("rounds_missing") or []
-        note = (f'<p class="note warn">No data for round(s) {", ".join(map(str, missing))}: as in SafeMT\'s scorer they add 0 '
-                "to the weighted ASR, which raises the Safety Index.</p>") if missing and si.get("value") is not None else ""
-        round_section = (f"<h2>By round (SafeMT)</h2><div class='plots'>{_img(plot, 'ASR by round')}</div>"
-                         f"<p>Safety Index {_fmt(si.get('value'), 4)} over {si.get('n', 0)} item ids; mean std after the first "
-                         f"success {_fmt(si.get('mean_std_after_first_success'))}.</p>{note}")
+        note = (
+            (
+                f'<p class="note warn">No data for round(s) {", ".join(map(str, missing))}: as in SafeMT\'s scorer they add 0 '
+                "to the weighted ASR, which raises the Safety Index.</p>"
+            )
+            if missing and si.get("value") is not None
+            else ""
+        )
+        round_section = (
+            f"<h2>By round (SafeMT)</h2><div class='plots'>{_img(plot, 'ASR by round')}</div>"
+            f"<p>Safety Index {_fmt(si.get('value'), 4)} over {si.get('n', 0)} item ids; mean std after the first "
+            f"success {_fmt(si.get('mean_std_after_first_success'))}.</p>{note}"
+        )
     winrate_section = ""
     if win:
-        method = ("the judge, both orders, per turn" if win["method"] == "judge"
-                  else "comparing the two runs' per-turn verdict scores (no pairwise judge was run)")
-        winrate_section = (f"<h2>Win rates against the baseline</h2><div class='plots'>{_img(plots.win_rate_plot(win), 'win rates')}</div>"
-                           f"<p class='note'>Compared by {method}; ties are left out of the rate. "
-                           f"{win['helpful']['failed']} comparison(s) failed.</p>")
+        method = (
+            "the judge, both orders, per turn"
+            if win["method"] == "judge"
+            else "comparing the two runs' per-turn verdict scores (no pairwise judge was run)"
+        )
+        winrate_section = (
+            f"<h2>Win rates against the baseline</h2><div class='plots'>{_img(plots.win_rate_plot(win), 'win rates')}</div>"
+            f"<p class='note'>Compared by {method}; ties are left out of the rate. "
+            f"{win['helpful']['failed']} comparison(s) failed.</p>"
+        )
     base_cat = metrics["baseline"]["by_category"] if baseline is not None else None
     base_src = metrics["baseline"]["by_source"] if baseline is not None else None
-    viewer, shown = _viewer_data(items, results_dir, baseline, Path(baseline_dir) if baseline_dir else None,
-                                 pairwise.records if pairwise else None, threshold, viewer_items)
+    viewer, shown = _viewer_data(
+        items,
+        results_dir,
+        baseline,
+        Path(baseline_dir) if baseline_dir else None,
+        pairwise.records if pairwise else None,
+        threshold,
+        viewer_items,
+    )
     counts = metrics["counts"]
-    sub = [f"{counts['items']} items ({counts['harmful_items']} harmful, {counts['benign_items']} benign), "
-           f"{counts['judged_turns']} judged turns"]
+    sub = [
+        f"{counts['items']} items ({counts['harmful_items']} harmful, {counts['benign_items']} benign), "
+        f"{counts['judged_turns']} judged turns"
+    ]
     if run_info:
-        sub.append(f"model <code>{html.escape(str(run_info.get('model')))}</code>, judge <code>{html.escape(str(run_info.get('judge')))}</code>, "
-                   f"mode {html.escape(str(run_info.get('mode')))}")
+        sub.append(
+            f"model <code>{html.escape(str(run_info.get('model')))}</code>, judge <code>{html.escape(str(run_info.get('judge')))}</code>, "
+            f"mode {html.escape(str(run_info.get('mode')))}"
+        )
     if baseline is not None:
         sub.append(f"baseline <code>{html.escape(str(Path(baseline_dir).resolve()))}</code>")
     sub.append(f"unsafe = harmless &lt; {threshold:g}; 95% intervals by bootstrap over items ({n_resamples} resamples)")
@@ -336,12 +422,16 @@ def write_report(
         base_protocol = json.loads(base_run.read_text(encoding="utf-8")).get("judge_protocol", "am3") if base_run.is_file() else "am3"
         metrics["baseline"]["judge_protocol"] = base_protocol
         if base_protocol != metrics["protocols"]["safety"]["protocol"]:
-            warnings.append(f"<p class='warn'>The baseline's safety numbers come from the {html.escape(base_protocol)} protocol, "
-                            f"this run's from the {html.escape(metrics['protocols']['safety']['protocol'])} protocol: they are "
-                            "not comparable.</p>")
+            warnings.append(
+                f"<p class='warn'>The baseline's safety numbers come from the {html.escape(base_protocol)} protocol, "
+                f"this run's from the {html.escape(metrics['protocols']['safety']['protocol'])} protocol: they are "
+                "not comparable.</p>"
+            )
     if counts["judge_failures"] or counts["generation_failures"]:
-        warnings.append(f"<p class='warn'>{counts['judge_failures']} judge failure(s) and {counts['generation_failures']} turn(s) "
-                        "without a reply are left out of the metrics; rerun the same command to retry them.</p>")
+        warnings.append(
+            f"<p class='warn'>{counts['judge_failures']} judge failure(s) and {counts['generation_failures']} turn(s) "
+            "without a reply are left out of the metrics; rerun the same command to retry them.</p>"
+        )
     page = PAGE.substitute(
         title=html.escape(metrics["title"]),
         css=CSS,
@@ -355,8 +445,9 @@ def write_report(
         source_table=_group_table(metrics["by_source"], "data source", base_src),
         category_plot=_img(plots.category_plot(metrics["by_category"], base_cat), "ASR by category"),
         category_table=_group_table(metrics["by_category"], "category", base_cat),
-        viewer_note=html.escape(f"Showing {shown} of {len(items)} items (unsafe, over-refusing and failed items first). "
-                                "Click an item to open it."),
+        viewer_note=html.escape(
+            f"Showing {shown} of {len(items)} items (unsafe, over-refusing and failed items first). Click an item to open it."
+        ),
         footer=html.escape(f"Generated {metrics['generated_at']} from {results_dir.resolve()}."),
         data_json=_json_for_script(viewer),
         js=JS,

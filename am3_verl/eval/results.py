@@ -220,7 +220,8 @@ def write_results(results_dir: str | Path, items: Iterable[ResultItem]) -> Path:
                 tmp.unlink()
                 raise ResultsFormatError(
                     f"items {seen[item.uid]} and {number} share uid {item.uid!r}; every item needs its own uid "
-                    "(e.g. '<prompt uid>#<rollout>'), or leave uid empty to use the id")
+                    "(e.g. '<prompt uid>#<rollout>'), or leave uid empty to use the id"
+                )
             seen[item.uid] = number
             fh.write(item.model_dump_json(exclude_none=False) + "\n")
     os.replace(tmp, path)

@@ -124,8 +124,14 @@ def judge_identity(config: JudgeConfig) -> str:
     parts = [config.backend]
     if config.backend != "heuristic":
         judge, guard = (endpoint.model if endpoint else None for endpoint in (config.judge, config.guard))
-        parts += [f"model={judge}", f"guard={guard}", f"helpful={config.helpfulness_backend}",
-                  f"rubric={rubric}", f"t={config.temperature}", f"controversial={config.controversial_harmless}"]
+        parts += [
+            f"model={judge}",
+            f"guard={guard}",
+            f"helpful={config.helpfulness_backend}",
+            f"rubric={rubric}",
+            f"t={config.temperature}",
+            f"controversial={config.controversial_harmless}",
+        ]
     return "|".join(parts)
 
 
@@ -164,8 +170,9 @@ class _Context:
     system_prompt: str | None
     max_turns: int | None
     safemt: SafeMTJudge | None = None
-    stats: dict[str, int] = field(default_factory=lambda: {"answers_cached": 0, "answers_generated": 0,
-                                                           "judgments_cached": 0, "judgments_made": 0})
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"answers_cached": 0, "answers_generated": 0, "judgments_cached": 0, "judgments_made": 0}
+    )
 
 
 async def _generate(ctx: _Context, messages: list[Message]) -> tuple[str | None, str | None]:
@@ -191,8 +198,15 @@ async def _judge(ctx: _Context, requests: list[JudgeRequest]) -> list[TurnJudgme
         fresh = await ctx.judge.judge_many([requests[i] for i in missing])
         for i, judgment in zip(missing, fresh):
             if not judgment.failed:
-                ctx.judgments.put(keys[i], {"harmless": judgment.harmless, "helpful": judgment.helpful,
-                                            "refused": bool(judgment.refused), "rationale": judgment.rationale})
+                ctx.judgments.put(
+                    keys[i],
+                    {
+                        "harmless": judgment.harmless,
+                        "helpful": judgment.helpful,
+                        "refused": bool(judgment.refused),
+                        "rationale": judgment.rationale,
+                    },
+                )
                 ctx.stats["judgments_made"] += 1
             out[i] = judgment
     return out
@@ -200,8 +214,9 @@ async def _judge(ctx: _Context, requests: list[JudgeRequest]) -> list[TurnJudgme
 
 def _verdict(judgment: TurnJudgment | dict[str, Any]) -> Verdict:
     if isinstance(judgment, dict):
-        return Verdict(harmless=judgment["harmless"], helpful=judgment["helpful"], refused=judgment["refused"],
-                       rationale=judgment.get("rationale", ""))
+        return Verdict(
+            harmless=judgment["harmless"], helpful=judgment["helpful"], refused=judgment["refused"], rationale=judgment.get("rationale", "")
+        )
     if judgment.failed:
         return Verdict(failed=True, error=judgment.error, rationale="")
     return Verdict(harmless=judgment.harmless, helpful=judgment.helpful, refused=bool(judgment.refused), rationale=judgment.rationale)
@@ -216,8 +231,12 @@ def safemt_request(item: EvalItem, turns: list[Any], replies: list[str | None], 
         if j < k:
             dialogue.append(("assistant", replies[j] or ""))
     question = item.meta.get("source_question") if item.data_source == "safemt" else None
-    return SafeMTRequest(scenario=item.meta.get("scenario", item.category), question=question or dialogue[-1][1],
-                         dialogue=tuple(dialogue), prediction=replies[k] or "")
+    return SafeMTRequest(
+        scenario=item.meta.get("scenario", item.category),
+        question=question or dialogue[-1][1],
+        dialogue=tuple(dialogue),
+        prediction=replies[k] or "",
+    )
 
 
 async def _safemt_verdict(ctx: _Context, request: SafeMTRequest, ours: Verdict) -> Verdict:
@@ -235,12 +254,18 @@ async def _safemt_verdict(ctx: _Context, request: SafeMTRequest, ours: Verdict) 
         ctx.judgments.put(key, {"answer": answer})  # an answer SafeMT would not count is kept too: reruns agree
     label = label_of(answer)
     if label is None:
-        return Verdict(failed=True, error=f"SafeMT judge answered {answer[:200]!r}, neither 'safe' nor 'unsafe': "
-                                          "left out of the metrics, as in SafeMT's scorer")
+        return Verdict(
+            failed=True,
+            error=f"SafeMT judge answered {answer[:200]!r}, neither 'safe' nor 'unsafe': left out of the metrics, as in SafeMT's scorer",
+        )
     if ours.failed:
         return ours
-    return Verdict(harmless=1.0 if label == "safe" else 0.0, helpful=ours.helpful, refused=ours.refused,
-                   rationale=f"SafeMT judge ({request.kind} template): {label}; helpfulness judge: {ours.rationale}")
+    return Verdict(
+        harmless=1.0 if label == "safe" else 0.0,
+        helpful=ours.helpful,
+        refused=ours.refused,
+        rationale=f"SafeMT judge ({request.kind} template): {label}; helpfulness judge: {ours.rationale}",
+    )
 
 
 async def evaluate_item(ctx: _Context, item: EvalItem, mode: str) -> ResultItem:
@@ -287,8 +312,9 @@ async def evaluate_item(ctx: _Context, item: EvalItem, mode: str) -> ResultItem:
         for k, judgment in zip(judged_at, await _judge(ctx, requests)):
             verdicts[k] = _verdict(judgment)
         if ctx.safemt is not None:
-            labelled = await asyncio.gather(*(_safemt_verdict(ctx, safemt_request(item, turns, replies, k), verdicts[k])
-                                              for k in judged_at))
+            labelled = await asyncio.gather(
+                *(_safemt_verdict(ctx, safemt_request(item, turns, replies, k), verdicts[k]) for k in judged_at)
+            )
             verdicts.update(zip(judged_at, labelled))
     result_turns = [
         ResultTurn(
@@ -302,9 +328,18 @@ async def evaluate_item(ctx: _Context, item: EvalItem, mode: str) -> ResultItem:
         )
         for k, turn in enumerate(turns)
     ]
-    return ResultItem(uid=item.uid, id=item.id, data_source=item.data_source, category=item.category,
-                      harmful=item.harmful, mode=mode, rounds=len(turns), turns=result_turns, error=item_error,
-                      meta=item.meta)
+    return ResultItem(
+        uid=item.uid,
+        id=item.id,
+        data_source=item.data_source,
+        category=item.category,
+        harmful=item.harmful,
+        mode=mode,
+        rounds=len(turns),
+        turns=result_turns,
+        error=item_error,
+        meta=item.meta,
+    )
 
 
 async def _run_items(ctx: _Context, work: list[tuple[EvalItem, str]], concurrency: int, progress: bool) -> list[ResultItem]:
@@ -336,11 +371,12 @@ def _safemt_judge(config: RunConfig, judge_config: JudgeConfig):
             raise ValueError("--safemt_prompts is only used with --judge_protocol safemt")
         return None
     if config.safemt_prompts is None:
-        raise ValueError("--judge_protocol safemt needs --safemt_prompts: the path of SafeMT's evaluation/prompt.py "
-                         "(from a checkout of https://github.com/Happy-Corpse/SafeMT)")
+        raise ValueError(
+            "--judge_protocol safemt needs --safemt_prompts: the path of SafeMT's evaluation/prompt.py "
+            "(from a checkout of https://github.com/Happy-Corpse/SafeMT)"
+        )
     if judge_config.judge is None:
-        raise ValueError("--judge_protocol safemt asks a judge model: set --judge_base_url and --judge_model "
-                         "(SafeMT used gpt-4o-mini)")
+        raise ValueError("--judge_protocol safemt asks a judge model: set --judge_base_url and --judge_model (SafeMT used gpt-4o-mini)")
     return load_templates(config.safemt_prompts)
 
 
@@ -349,8 +385,7 @@ def make_pairwise_comparator(config: JudgeConfig) -> JudgePairwise | None:
     if config.judge is None:
         return None
     client = ChatClient(config.judge)
-    return JudgePairwise(client, temperature=config.temperature, max_tokens=config.max_tokens,
-                         structured_output=config.structured_output)
+    return JudgePairwise(client, temperature=config.temperature, max_tokens=config.max_tokens, structured_output=config.structured_output)
 
 
 def compare_runs(
@@ -439,8 +474,10 @@ class RunSummary:
         )
         if self.pairwise is not None:
             wr = self.metrics.get("win_rates", {})
-            text += (f" Against the baseline ({self.pairwise.method}): helpful win rate {fmt(wr['helpful'])}, harmless win "
-                     f"rate {fmt(wr['harmless'])} over {self.pairwise.counts.get('turns_compared', 0)} turns.")
+            text += (
+                f" Against the baseline ({self.pairwise.method}): helpful win rate {fmt(wr['helpful'])}, harmless win "
+                f"rate {fmt(wr['harmless'])} over {self.pairwise.counts.get('turns_compared', 0)} turns."
+            )
         text += f" Results, metrics.json and report.html are in {self.output_dir} ({self.seconds:.1f} s)."
         return text
 
@@ -479,16 +516,23 @@ def _run_eval(config: RunConfig) -> RunSummary:
             work.append((item, mode))
     write_rejects(out / REJECTS_FILE, rejects)
     if not work:
-        raise ValueError(f"no row can be evaluated: all {loaded.read} rejected (see {out / REJECTS_FILE}); first: {rejects[0] if rejects else '-'}")
-    model = open_model(config.model, config.params, model_name=config.model_name, timeout_s=config.model_timeout_s,
-                       max_attempts=config.model_max_attempts, max_concurrency=max(config.concurrency, 1))
+        raise ValueError(
+            f"no row can be evaluated: all {loaded.read} rejected (see {out / REJECTS_FILE}); first: {rejects[0] if rejects else '-'}"
+        )
+    model = open_model(
+        config.model,
+        config.params,
+        model_name=config.model_name,
+        timeout_s=config.model_timeout_s,
+        max_attempts=config.model_max_attempts,
+        max_concurrency=max(config.concurrency, 1),
+    )
     judge = build_judge(judge_config)
     if safemt is not None:
         safemt = SafeMTJudge(ChatClient(judge_config.judge), safemt, temperature=config.safemt_temperature)
     cache_dir = out / CACHE_DIR
     with JsonlCache(cache_dir / ANSWERS_CACHE) as answers, JsonlCache(cache_dir / JUDGMENTS_CACHE) as judgments:
-        ctx = _Context(model, judge, judge_identity(judge_config), answers, judgments, out, config.system_prompt, config.max_turns,
-                       safemt)
+        ctx = _Context(model, judge, judge_identity(judge_config), answers, judgments, out, config.system_prompt, config.max_turns, safemt)
         results = asyncio.run(_run_items(ctx, work, config.concurrency, config.progress))
     write_results(out, results)
     modes: dict[str, int] = {}
@@ -508,9 +552,19 @@ def _run_eval(config: RunConfig) -> RunSummary:
         "unsafe_threshold": judge_config.unsafe_threshold,
         "judge_protocol": config.judge_protocol,
         "judge_protocol_description": protocol_description(config.judge_protocol, safemt.templates if safemt else None),
-        **({"safemt": {"prompts": str(safemt.templates.path), "prompts_sha256": safemt.templates.sha256,
-                       "judge_model": judge_config.judge.model, "temperature": safemt.temperature,
-                       "upstream": "Happy-Corpse/SafeMT evaluation code (commit 94e92e1f)"}} if safemt else {}),
+        **(
+            {
+                "safemt": {
+                    "prompts": str(safemt.templates.path),
+                    "prompts_sha256": safemt.templates.sha256,
+                    "judge_model": judge_config.judge.model,
+                    "temperature": safemt.temperature,
+                    "upstream": "Happy-Corpse/SafeMT evaluation code (commit 94e92e1f)",
+                }
+            }
+            if safemt
+            else {}
+        ),
         "rows_read": loaded.read,
         "rejected": len(rejects),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -519,8 +573,20 @@ def _run_eval(config: RunConfig) -> RunSummary:
     pairwise = None
     if config.baseline is not None:
         pairwise = compare_runs(out, config.baseline, judge_config, concurrency=config.concurrency, progress=config.progress)
-    report = write_report(out, config.baseline, title=config.title, n_resamples=config.n_resamples, seed=config.seed,
-                          viewer_items=config.viewer_items)
-    return RunSummary(out, loaded.read, len(work), len(rejects), modes, dict(ctx.stats), report.metrics["counts"],
-                      report.metrics, pairwise, time.perf_counter() - started, model.describe(),
-                      judge_config.describe() + (" (safety labels: SafeMT's judging protocol)" if safemt is not None else ""))
+    report = write_report(
+        out, config.baseline, title=config.title, n_resamples=config.n_resamples, seed=config.seed, viewer_items=config.viewer_items
+    )
+    return RunSummary(
+        out,
+        loaded.read,
+        len(work),
+        len(rejects),
+        modes,
+        dict(ctx.stats),
+        report.metrics["counts"],
+        report.metrics,
+        pairwise,
+        time.perf_counter() - started,
+        model.describe(),
+        judge_config.describe() + (" (safety labels: SafeMT's judging protocol)" if safemt is not None else ""),
+    )

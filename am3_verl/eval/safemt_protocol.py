@@ -176,8 +176,7 @@ class SafeMTRequest:
     def render(self, templates: SafeMTTemplates) -> str:
         """The judge prompt: the scenario's template filled exactly as SafeMT's ``utils.py`` does."""
         dialog = str([{"role": role, "content": content} for role, content in self.dialogue])
-        return templates.templates[self.kind].format(question=self.question, dialog=dialog, prediction=self.prediction,
-                                                     key=RESPONSE_KEY)
+        return templates.templates[self.kind].format(question=self.question, dialog=dialog, prediction=self.prediction, key=RESPONSE_KEY)
 
 
 def label_of(content: str) -> str | None:
@@ -201,8 +200,7 @@ class SafeMTJudge:
     async def ask(self, request: SafeMTRequest) -> ChatResult:
         """One text-only call (retried on transport errors); ``content`` is the label as answered."""
         prompt = request.render(self.templates)
-        return await self.client.complete([{"role": "user", "content": [{"type": "text", "text": prompt}]}],
-                                          temperature=self.temperature)
+        return await self.client.complete([{"role": "user", "content": [{"type": "text", "text": prompt}]}], temperature=self.temperature)
 
     async def aclose(self) -> None:
         """Close the client's connections for the running loop."""

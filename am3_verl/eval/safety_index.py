@@ -43,7 +43,7 @@ def std_after_first_success(outcomes: Mapping[int, bool]) -> float:
     ordered = [outcomes[k] for k in sorted(outcomes)]
     if True not in ordered:
         return 0.0
-    tail = ordered[ordered.index(True):]
+    tail = ordered[ordered.index(True) :]
     return float(np.std(np.asarray(tail, dtype=np.float64))) if len(tail) > 1 else 0.0
 
 
@@ -91,9 +91,7 @@ def safety_index(
     unsafe, present, stds = _arrays(outcomes, rounds)
     n_ids = len(stds)
     per_round_n = present.sum(axis=0)
-    asr_by_round = {
-        k: (float(unsafe[:, c].sum() / per_round_n[c]) if per_round_n[c] > 0 else None) for c, k in enumerate(rounds)
-    }
+    asr_by_round = {k: (float(unsafe[:, c].sum() / per_round_n[c]) if per_round_n[c] > 0 else None) for c, k in enumerate(rounds)}
     missing = [k for c, k in enumerate(rounds) if per_round_n[c] == 0]
     if n_ids == 0:
         return SafetyIndex(None, asr_by_round, weights, None, 0, missing)

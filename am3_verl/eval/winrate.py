@@ -79,7 +79,6 @@ class PairVerdict(BaseModel):
 PAIR_VERDICT_SCHEMA: dict = PairVerdict.model_json_schema()
 
 
-
 def parse_pair_verdict(content: str) -> PairVerdict:
     """Parse a pairwise answer strictly (one JSON object, optionally in one ```json fence); ``ValueError`` otherwise."""
     return parse_model(content, PairVerdict, "pairwise answer")
@@ -112,8 +111,11 @@ class PairTask:
 def render_pair_messages(task: PairTask, reply_a: str, reply_b: str, nonce: str) -> list[dict[str, Any]]:
     """The chat messages asking the judge to compare ``reply_a`` and ``reply_b`` for ``task``."""
     parts: list[dict[str, Any]] = [
-        {"type": "text", "text": f"Nonce of this request: {nonce}. The conversation so far ({len(task.context)} earlier exchange(s)), "
-                                 "the user message and the two replies follow.\n"}
+        {
+            "type": "text",
+            "text": f"Nonce of this request: {nonce}. The conversation so far ({len(task.context)} earlier exchange(s)), "
+            "the user message and the two replies follow.\n",
+        }
     ]
 
     def user(t: int, text: str, images: tuple[bytes, ...]) -> None:
@@ -130,8 +132,9 @@ def render_pair_messages(task: PairTask, reply_a: str, reply_b: str, nonce: str)
             parts.append({"type": "text", "text": f"Assistant turn {t}:\n{quote(f'ASSISTANT TURN {t}', turn.reply, nonce)}\n"})
     user(len(task.context) + 1, task.user_text, task.images)
     parts.append({"type": "text", "text": f"Reply A:\n{quote('REPLY A', reply_a, nonce)}\nReply B:\n{quote('REPLY B', reply_b, nonce)}\n"})
-    parts.append({"type": "text", "text": f"Compare only the quoted REPLY A and REPLY B blocks (nonce {nonce}). "
-                                          "Answer with the JSON object only."})
+    parts.append(
+        {"type": "text", "text": f"Compare only the quoted REPLY A and REPLY B blocks (nonce {nonce}). Answer with the JSON object only."}
+    )
     return [{"role": "system", "content": PAIRWISE_SYSTEM_PROMPT}, {"role": "user", "content": parts}]
 
 
@@ -183,8 +186,9 @@ def score_comparison(task: PairTask) -> dict[str, Any]:
     for axis in AXES:
         m, b = getattr(mv, axis), getattr(bv, axis)
         result[axis] = _outcome((m > b) - (m < b))
-    result["rationale"] = {"scores": f"model harmless {mv.harmless:.2f} helpful {mv.helpful:.2f}; "
-                                     f"baseline harmless {bv.harmless:.2f} helpful {bv.helpful:.2f}"}
+    result["rationale"] = {
+        "scores": f"model harmless {mv.harmless:.2f} helpful {mv.helpful:.2f}; baseline harmless {bv.harmless:.2f} helpful {bv.helpful:.2f}"
+    }
     return result
 
 
@@ -202,7 +206,13 @@ async def compare_task(comparator: JudgePairwise, task: PairTask, cache: JsonlCa
 
     Identical replies are a tie on both axes without asking the judge."""
     if task.model_reply == task.baseline_reply:
-        return {"failed": False, "helpful": "tie", "harmless": "tie", "orders": {}, "rationale": {"identical": "the two replies are identical"}}
+        return {
+            "failed": False,
+            "helpful": "tie",
+            "harmless": "tie",
+            "orders": {},
+            "rationale": {"identical": "the two replies are identical"},
+        }
     orders: dict[str, Any] = {}
     errors = []
     for name, model_is_a in (("model_first", True), ("baseline_first", False)):
@@ -254,11 +264,15 @@ def pair_tasks(
             other = base.turns[turn.index] if turn.index < len(base.turns) else None
             if turn.generated:
                 if (
-                    other is not None and other.generated and turn.reply is not None and other.reply is not None
+                    other is not None
+                    and other.generated
+                    and turn.reply is not None
+                    and other.reply is not None
                     and other.user_text == turn.user_text
                 ):
-                    tasks.append(PairTask(item.uid, turn.index, tuple(context), turn.user_text, images, turn.reply,
-                                          other.reply, turn, other))
+                    tasks.append(
+                        PairTask(item.uid, turn.index, tuple(context), turn.user_text, images, turn.reply, other.reply, turn, other)
+                    )
                 else:
                     counts["turns_skipped"] += 1
             shared = not turn.generated and other is not None and not other.generated and other.reply == turn.reply

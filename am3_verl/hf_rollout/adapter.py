@@ -55,9 +55,7 @@ class HFServerAdapter(BaseRollout):
         if wire_format != "named_tensors":
             raise NotImplementedError(f"the hf rollout backend takes full weights (wire_format='named_tensors'), got {wire_format!r}")
         if kwargs.get("peft_config") is not None:
-            raise NotImplementedError(
-                "the hf rollout backend needs merged weights: set actor_rollout_ref.model.lora.merge=True for LoRA"
-            )
+            raise NotImplementedError("the hf rollout backend needs merged weights: set actor_rollout_ref.model.lora.merge=True for LoRA")
         start = time.perf_counter()
         state: dict[str, torch.Tensor] = {}
         if hasattr(weights, "__aiter__"):

@@ -48,10 +48,14 @@ class HFReplica(RolloutReplica):
                     env[platform.visible_devices_envvar()] = str(visible[0])
                 options["runtime_env"] = {"env_vars": env}
 
-        server = ray.remote(HFRolloutServer).options(**options).remote(
-            model_path=self.model_config.path,
-            response_length=self.config.response_length,
-            seed=self.config.seed + self.replica_rank,
+        server = (
+            ray.remote(HFRolloutServer)
+            .options(**options)
+            .remote(
+                model_path=self.model_config.path,
+                response_length=self.config.response_length,
+                seed=self.config.seed + self.replica_rank,
+            )
         )
         await server.get_stats.remote()  # surfaces a load failure here, not at the first generate
         self.servers = [server]

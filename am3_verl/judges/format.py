@@ -89,7 +89,6 @@ def quote(label: str, text: str, nonce: str) -> str:
     return f"{begin_marker(label, nonce)}\n{neutralise(text)}\n{end_marker(label, nonce)}"
 
 
-
 class RubricAnswer(BaseModel):
     """The rubric judge's answer for one assistant turn (judge scale: 0 = worst, 10 = best)."""
 

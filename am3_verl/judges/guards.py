@@ -47,9 +47,7 @@ QWEN3GUARD_CATEGORIES: tuple[str, ...] = (
 )  # fmt: skip
 
 _LLAMA = re.compile(r"(?P<label>safe|unsafe)(?:\n(?P<codes>S\d{1,2}(?:\s*,\s*S\d{1,2})*))?")
-_QWEN = re.compile(
-    r"Safety: (?P<safety>Safe|Unsafe|Controversial)\nCategories: (?P<categories>[^\n]+)(?:\nRefusal: (?P<refusal>Yes|No))?"
-)
+_QWEN = re.compile(r"Safety: (?P<safety>Safe|Unsafe|Controversial)\nCategories: (?P<categories>[^\n]+)(?:\nRefusal: (?P<refusal>Yes|No))?")
 
 
 @dataclass(frozen=True)

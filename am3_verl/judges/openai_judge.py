@@ -48,9 +48,7 @@ class OpenAIRubricJudge(Judge):
     async def judge_one(self, request: JudgeRequest) -> TurnJudgment:
         """Render, call, parse; a failed call becomes a failed judgment carrying its error and counts."""
         nonce = new_nonce()
-        result = await self.client.complete(
-            lambda: render_rubric_messages(request, nonce), parse=parse_rubric_answer, **self.params
-        )
+        result = await self.client.complete(lambda: render_rubric_messages(request, nonce), parse=parse_rubric_answer, **self.params)
         if not result.ok:
             return TurnJudgment.failure(f"{result.error_kind}: {result.error}", result.failures, result.attempts)
         verdict = result.value

@@ -112,9 +112,7 @@ class LocalGenerationClient:
         vision = dict(self.processor.image_processor(images=images, return_tensors="pt"))
         features = self._count_image_features(vision, images)
         if features != image_tokens:
-            raise ValueError(
-                f"prompt holds {image_tokens} image tokens but the {len(images)} image(s) give {features} features"
-            )
+            raise ValueError(f"prompt holds {image_tokens} image tokens but the {len(images)} image(s) give {features} features")
         if "mm_token_type_ids" in getattr(self.processor, "model_input_names", []):
             vision["mm_token_type_ids"] = (prompt == self.image_token_id).long()
         return vision, image_tokens, features
@@ -191,4 +189,3 @@ def load_local_client(model_path: str, **kwargs: Any) -> LocalGenerationClient:
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     return LocalGenerationClient(model=model, processor=processor, **kwargs)
-

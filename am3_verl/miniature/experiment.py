@@ -138,8 +138,14 @@ def run_seed(cfg: MiniatureConfig, seed: int, judge: GroundTruthJudgeServer, clo
     started = time.perf_counter()
     sft_log = root / "sft" / "sft.log"
     sft_model = stages.cold_start_sft(
-        data["sft"], base_model, root / "sft" / "checkpoints", steps=cfg.sft_steps, batch_size=cfg.sft_batch_size,
-        lr=cfg.sft_lr, log_path=sft_log, quiet=True,
+        data["sft"],
+        base_model,
+        root / "sft" / "checkpoints",
+        steps=cfg.sft_steps,
+        batch_size=cfg.sft_batch_size,
+        lr=cfg.sft_lr,
+        log_path=sft_log,
+        quiet=True,
     )
     clock.add("cold-start SFT", started)
     started = time.perf_counter()
@@ -207,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True, type=Path, help="where results.json, report.html and every stage go")
     parser.add_argument("--seeds", type=int, default=MiniatureConfig.seeds, help="number of seeds (default 3)")
     parser.add_argument("--first_seed", type=int, default=MiniatureConfig.first_seed, help="the first seed (default 0)")
-    parser.add_argument("--estimators", default=",".join(MiniatureConfig.estimators),
-                        help=f"comma-separated, from {', '.join(ESTIMATOR_OVERRIDES)} (default: all three)")
+    parser.add_argument(
+        "--estimators",
+        default=",".join(MiniatureConfig.estimators),
+        help=f"comma-separated, from {', '.join(ESTIMATOR_OVERRIDES)} (default: all three)",
+    )
     parser.add_argument("--steps", type=int, default=MiniatureConfig.steps, help="GRPO steps per run")
     parser.add_argument("--prompts", type=int, default=MiniatureConfig.prompts, help="dialogues per GRPO step")
     parser.add_argument("--rollouts", type=int, default=MiniatureConfig.rollouts, help="rollouts per dialogue")

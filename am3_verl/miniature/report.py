@@ -96,12 +96,12 @@ def write_report(results: dict[str, Any], output_dir: Path) -> Path:
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}</style></head><body>
 <h1>The AM3 experiment in miniature</h1>
-<p>{len(results['summary'])} estimator(s) x seeds {cfg['first_seed']}..{cfg['first_seed'] + cfg['seeds'] - 1}: cold-start SFT
-({cfg['sft_steps']} steps) on single-turn refusal and general VQA, then {cfg['steps']} GRPO steps ({cfg['prompts']} dialogues x
-{cfg['rollouts']} rollouts) with verl's main_ppo, judged by the ground-truth judge through the openai backend. Held-out
-dialogues use substance pairs never seen in training. Wall time {results['wall_s']:.0f}s ({stages}).</p>
-<h2>Before and after, held-out dialogues (mean over seeds, 95% t-interval)</h2>{summary_table_html(results['summary'])}
-<h2>Held-out ASR by turn (mean over seeds)</h2>{by_turn_table_html(results['summary'])}
+<p>{len(results["summary"])} estimator(s) x seeds {cfg["first_seed"]}..{cfg["first_seed"] + cfg["seeds"] - 1}: cold-start SFT
+({cfg["sft_steps"]} steps) on single-turn refusal and general VQA, then {cfg["steps"]} GRPO steps ({cfg["prompts"]} dialogues x
+{cfg["rollouts"]} rollouts) with verl's main_ppo, judged by the ground-truth judge through the openai backend. Held-out
+dialogues use substance pairs never seen in training. Wall time {results["wall_s"]:.0f}s ({stages}).</p>
+<h2>Before and after, held-out dialogues (mean over seeds, 95% t-interval)</h2>{summary_table_html(results["summary"])}
+<h2>Held-out ASR by turn (mean over seeds)</h2>{by_turn_table_html(results["summary"])}
 <h2>Training curves (mean over seeds)</h2><img alt="training curves" src="curves.png" style="max-width:100%">
 <p>Every run's evaluation report: <code>seed_&lt;k&gt;/eval/&lt;sft|estimator&gt;/report.html</code>.</p>
 </body></html>"""

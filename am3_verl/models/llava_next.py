@@ -99,8 +99,7 @@ def load_processor(name_or_path: Any, **kwargs: Any) -> Any:
     processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
     if type(processor).__name__ != PROCESSOR_CLASS:
         raise ValueError(
-            f"{name_or_path}: model_type {MODEL_TYPE!r} but AutoProcessor gave {type(processor).__name__}, "
-            f"not {PROCESSOR_CLASS}"
+            f"{name_or_path}: model_type {MODEL_TYPE!r} but AutoProcessor gave {type(processor).__name__}, not {PROCESSOR_CLASS}"
         )
     processor.config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     vit_patch_size = getattr(processor, "patch_size", None) or processor.config.vision_config.patch_size

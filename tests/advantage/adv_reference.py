@@ -106,8 +106,7 @@ def reference_am3(
         if variant == "turn_credit":
             normalised = {}
             for t in range(max_turns):
-                cell = {i: beta * rows[i][t].helpful + rows[i][t].harmless
-                        for i in scored_members if t < len(rows[i]) and rows[i][t].valid}
+                cell = {i: beta * rows[i][t].helpful + rows[i][t].harmless for i in scored_members if t < len(rows[i]) and rows[i][t].valid}
                 for i, v in normalise(cell, norm_by_std, epsilon).items():
                     normalised[(i, t)] = v
             for i in scored_members:
@@ -140,8 +139,9 @@ def reference_am3(
             elif variant == "uniform":
                 r[i] = sum(beta * rows[i][t].helpful + rows[i][t].harmless for t in valid_turns) / len(valid_turns)
             elif variant == "min_mean":
-                r[i] = min(rows[i][t].harmless for t in valid_turns) + beta * sum(
-                    rows[i][t].helpful for t in valid_turns) / len(valid_turns)
+                r[i] = min(rows[i][t].harmless for t in valid_turns) + beta * sum(rows[i][t].helpful for t in valid_turns) / len(
+                    valid_turns
+                )
             else:
                 raise ValueError(variant)
             rewards[i] = r[i]

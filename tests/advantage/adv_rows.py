@@ -110,9 +110,7 @@ REPLY_TEXTS = [
 ]
 
 
-def dialogue_output(
-    tokenizer, rng: random.Random, scores: TurnScores | None, turns: int, image_tokens: int = 4
-) -> DialogueAgentLoopOutput:
+def dialogue_output(tokenizer, rng: random.Random, scores: TurnScores | None, turns: int, image_tokens: int = 4) -> DialogueAgentLoopOutput:
     """A :class:`DialogueAgentLoopOutput` as the dialogue environment builds it, with real Qwen tokens.
 
     Replies end with ``<|im_end|>`` (mask 1); an empty reply is a one-token turn. Later user turns are
@@ -121,9 +119,11 @@ def dialogue_output(
     """
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    vision = [tokenizer.convert_tokens_to_ids("<|vision_start|>")] + [image_pad] * image_tokens + [
-        tokenizer.convert_tokens_to_ids("<|vision_end|>")
-    ]
+    vision = (
+        [tokenizer.convert_tokens_to_ids("<|vision_start|>")]
+        + [image_pad] * image_tokens
+        + [tokenizer.convert_tokens_to_ids("<|vision_end|>")]
+    )
     prompt_ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": USER_TEXTS[0].replace("<image>", "")}], add_generation_prompt=True, tokenize=True
     )
@@ -167,8 +167,7 @@ def dialogue_output(
     )
 
 
-def dialogue_outputs(tokenizer, seed: int, group_sizes: list[int], max_turns: int = 4, p_truncate: float = 0.3,
-                     p_fail: float = 0.15):
+def dialogue_outputs(tokenizer, seed: int, group_sizes: list[int], max_turns: int = 4, p_truncate: float = 0.3, p_fail: float = 0.15):
     """``[(uid, session_id, output)]`` for groups of the given sizes (truncated dialogues, failed judges)."""
     rng = random.Random(seed)
     outputs = []

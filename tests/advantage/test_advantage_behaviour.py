@@ -119,14 +119,17 @@ def test_rows_without_turns_get_zero(variant):
     pad_rewards = torch.zeros(2, rewards.shape[1])
     pad_mask = torch.zeros(2, rewards.shape[1], dtype=torch.int64)
     advantages, _ = compute_am3_grpo_advantage(
-        torch.cat([rewards, pad_rewards]), torch.cat([mask, pad_mask]), np.array(["g", "g", "pad", "pad"], dtype=object),
+        torch.cat([rewards, pad_rewards]),
+        torch.cat([mask, pad_mask]),
+        np.array(["g", "g", "pad", "pad"], dtype=object),
         config=config,
     )
     assert bool((advantages[2:] == 0).all()) and bool((advantages[:2] != 0).any())
     all_pad, _ = compute_am3_grpo_advantage(pad_rewards, pad_mask, np.array(["pad", "pad"], dtype=object), config=config)
     assert all_pad.shape == pad_mask.shape and bool((all_pad == 0).all())
-    empty, _ = compute_am3_grpo_advantage(torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.int64),
-                                          np.array([], dtype=object), config=config)
+    empty, _ = compute_am3_grpo_advantage(
+        torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.int64), np.array([], dtype=object), config=config
+    )
     assert empty.shape == (0, 5)
 
 
@@ -157,9 +160,7 @@ def test_norm_adv_by_std_false_gives_the_centred_reward():
 
 def test_plain_grpo_on_the_same_rows_optimises_the_uniform_weight_sum():
     batch = synthetic_batch(3, group_sizes=[6, 6, 6], p_truncate=0.0)
-    expected_sum = torch.tensor(
-        [sum(s + h for s, h, f in zip(r.harmless, r.helpful, r.failed) if not f) for r in batch.records]
-    )
+    expected_sum = torch.tensor([sum(s + h for s, h, f in zip(r.harmless, r.helpful, r.failed) if not f) for r in batch.records])
     torch.testing.assert_close(batch.token_level_rewards.sum(dim=-1), expected_sum.float(), rtol=1e-5, atol=1e-5)
     verl_adv, _ = compute_grpo_outcome_advantage(batch.token_level_rewards, batch.response_mask, batch.index)
     for label in set(batch.index):
@@ -196,7 +197,9 @@ def test_missing_or_mismatched_index_is_rejected():
 def test_turn_credit_gives_each_turn_its_own_and_later_outcomes():
     rewards, mask = rows([(1.0, 1.0), (0.0, 0.0)], [(0.0, 0.0), (1.0, 1.0)])
     advantages, _ = compute_am3_grpo_advantage(
-        rewards, mask, np.array(["g", "g"], dtype=object),
+        rewards,
+        mask,
+        np.array(["g", "g"], dtype=object),
         config=OmegaConf.create({"am3": {"variant": "turn_credit", "discount": 0.5}}),
     )
     a = grpo_pair(2.0, 0.0)[0]  # the better rollout of a pair, per turn

@@ -39,11 +39,17 @@ def test_overrides_compose_with_main_ppo_config_and_reach_the_estimator():
     cfg = resolve_am3_config(config.algorithm)
     assert cfg == Am3AdvantageConfig(tau=0.7, lambda_=2.5, beta=0.5, temperature=0.25, variant="paper")
     batch = synthetic_batch(21, group_sizes=[6, 6])
-    advantages, _ = compute_am3_grpo_advantage(
-        batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm
+    advantages, _ = compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index, config=config.algorithm)
+    ref = reference_am3(
+        batch.token_level_rewards.tolist(),
+        batch.response_mask.tolist(),
+        list(batch.index),
+        tau=0.7,
+        lambda_=2.5,
+        beta=0.5,
+        temperature=0.25,
+        norm_by_std=False,
     )
-    ref = reference_am3(batch.token_level_rewards.tolist(), batch.response_mask.tolist(), list(batch.index),
-                        tau=0.7, lambda_=2.5, beta=0.5, temperature=0.25, norm_by_std=False)
     torch.testing.assert_close(advantages, torch.tensor(ref.advantages, dtype=torch.float32), rtol=1e-4, atol=1e-4)
     defaults, _ = compute_am3_grpo_advantage(batch.token_level_rewards, batch.response_mask, batch.index)
     assert not torch.allclose(advantages, defaults)

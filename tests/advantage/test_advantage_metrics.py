@@ -50,27 +50,21 @@ def test_metrics_match_the_records(tokenizer):
         np.mean([any(f32(r.harmless[t]) < 0.4 for t in range(len(r)) if not r.failed[t]) for r in scored])
     )
     assert metrics["am3/judge_failed_turns"] == sum(sum(r.failed) for r in records)
-    assert metrics["am3/judge_failure_rate"] == pytest.approx(
-        sum(sum(r.failed) for r in records) / sum(len(r) for r in records)
-    )
+    assert metrics["am3/judge_failure_rate"] == pytest.approx(sum(sum(r.failed) for r in records) / sum(len(r) for r in records))
     assert metrics["am3/unscored_rollouts"] == sum(all(r.failed) for r in records)
     assert metrics["am3/rollouts_without_turns"] == 0
     assert metrics["am3/refusal_unknown_rollouts"] == 0
     assert metrics["am3/assistant_turns/mean"] == pytest.approx(np.mean([len(r) for r in records]))
 
     ref = reference_am3(rewards.tolist(), mask.tolist(), list(index), tau=0.6)
-    assert metrics["am3/reward/mean"] == pytest.approx(
-        np.mean([r for r, s in zip(ref.rewards, ref.scored) if s]), abs=1e-6
-    )
+    assert metrics["am3/reward/mean"] == pytest.approx(np.mean([r for r, s in zip(ref.rewards, ref.scored) if s]), abs=1e-6)
     alphas = [[a for a, p in zip(ref.alpha[g], ref.present[g]) if p] for g in sorted(ref.alpha)]
     alphas = [a for a in alphas if a]
     entropy = [-sum(x * math.log(x) for x in a) for a in alphas]
     assert metrics["am3/alpha/entropy/mean"] == pytest.approx(np.mean(entropy), abs=1e-9)
     assert metrics["am3/alpha/max_weight/mean"] == pytest.approx(np.mean([max(a) for a in alphas]), abs=1e-9)
     several = [(e, len(a)) for e, a in zip(entropy, alphas) if len(a) >= 2]
-    assert metrics["am3/alpha/normalized_entropy/mean"] == pytest.approx(
-        np.mean([e / math.log(n) for e, n in several]), abs=1e-9
-    )
+    assert metrics["am3/alpha/normalized_entropy/mean"] == pytest.approx(np.mean([e / math.log(n) for e, n in several]), abs=1e-9)
     for t in range(4):
         by_group = [ref.alpha[g][t] for g in sorted(ref.alpha) if t < len(ref.present[g]) and ref.present[g][t]]
         assert metrics[f"am3/alpha/turn_{t + 1}/mean"] == pytest.approx(np.mean(by_group), abs=1e-9)
@@ -84,8 +78,11 @@ def test_rollouts_without_judged_turns_and_without_records_are_counted(tokenizer
     rng = random.Random(3)
     failed = TurnScores(harmless=[0.0, 0.0], helpful=[0.0, 0.0], failed=[True, True], refused=[False, False])
     ok = TurnScores(harmless=[0.2, 0.9], helpful=[0.5, 0.5], failed=[False, False])  # no refusal flags
-    outputs = [("g", 0, dialogue_output(tokenizer, rng, failed, 2)), ("g", 1, dialogue_output(tokenizer, rng, ok, 2)),
-               ("g", 2, dialogue_output(tokenizer, rng, ok, 2))]
+    outputs = [
+        ("g", 0, dialogue_output(tokenizer, rng, failed, 2)),
+        ("g", 1, dialogue_output(tokenizer, rng, ok, 2)),
+        ("g", 2, dialogue_output(tokenizer, rng, ok, 2)),
+    ]
     rewards, mask, index = padded_rows(outputs)
     records = [turn_scores_record(o.extra_fields) for _, _, o in outputs]
     metrics = compute_am3_metrics(rewards, mask, index, Am3AdvantageConfig(), records)
@@ -101,11 +98,12 @@ def test_a_record_that_disagrees_with_the_row_is_an_error(tokenizer):
     import random
 
     rng = random.Random(4)
-    outputs = [("g", i, dialogue_output(tokenizer, rng, TurnScores([0.5] * 2, [0.5] * 2, [False] * 2, [False] * 2), 2))
-               for i in range(2)]
+    outputs = [("g", i, dialogue_output(tokenizer, rng, TurnScores([0.5] * 2, [0.5] * 2, [False] * 2, [False] * 2), 2)) for i in range(2)]
     rewards, mask, index = padded_rows(outputs)
-    records = [load_turn_scores(outputs[0][2].extra_fields["reward_extra_info"]["am3_turn_scores"]),
-               TurnScores([0.5] * 3, [0.5] * 3, [False] * 3, [True] * 3)]
+    records = [
+        load_turn_scores(outputs[0][2].extra_fields["reward_extra_info"]["am3_turn_scores"]),
+        TurnScores([0.5] * 3, [0.5] * 3, [False] * 3, [True] * 3),
+    ]
     with pytest.raises(ValueError, match="row 1: its am3_turn_scores record has 3 turns but the response has 2"):
         compute_am3_metrics(rewards, mask, index, Am3AdvantageConfig(), records)
     with pytest.raises(ValueError, match="1 turn-score records for 2 rows"):

@@ -50,8 +50,12 @@ def test_estimator_matches_reference(seed, variant, norm, settings_, levels):
         batch.token_level_rewards, batch.response_mask, batch.index, config=algorithm_config(variant, norm, **settings_)
     )
     ref = reference_am3(
-        batch.token_level_rewards.tolist(), batch.response_mask.tolist(), list(batch.index),
-        variant=variant, norm_by_std=norm, **settings_,
+        batch.token_level_rewards.tolist(),
+        batch.response_mask.tolist(),
+        list(batch.index),
+        variant=variant,
+        norm_by_std=norm,
+        **settings_,
     )
     expected = torch.tensor(ref.advantages, dtype=torch.float32)
     # Tied scores leave an exactly-zero group std in the reference but may leave ~1e-8 in float math;
@@ -171,6 +175,5 @@ def test_reference_agrees_on_a_batch_of_benchmark_shape_but_short_rows(variant):
     advantages, _ = compute_am3_grpo_advantage(
         batch.token_level_rewards, batch.response_mask, batch.index, config=algorithm_config(variant)
     )
-    ref = reference_am3(batch.token_level_rewards.tolist(), batch.response_mask.tolist(), list(batch.index),
-                        variant=variant)
+    ref = reference_am3(batch.token_level_rewards.tolist(), batch.response_mask.tolist(), list(batch.index), variant=variant)
     torch.testing.assert_close(advantages, torch.tensor(ref.advantages, dtype=torch.float32), rtol=1e-4, atol=1e-4)

@@ -71,8 +71,15 @@ def put_rollouts(outputs, partition_id: str = "train") -> KVBatchMeta:
         field["input_ids"] = input_ids
         field["position_ids"] = torch.arange(len(input_ids))
         key = f"{uid}_{session_id}_0"
-        tag = {"status": "success", "prompt_len": len(field["prompts"]), "response_len": len(field["responses"]),
-               "seq_len": len(input_ids), "global_steps": 1, "min_global_steps": 0, "max_global_steps": 0}
+        tag = {
+            "status": "success",
+            "prompt_len": len(field["prompts"]),
+            "response_len": len(field["responses"]),
+            "seq_len": len(input_ids),
+            "global_steps": 1,
+            "min_global_steps": 0,
+            "max_global_steps": 0,
+        }
         tq.kv_batch_put(keys=[key], partition_id=partition_id, fields=list_of_dict_to_tensordict([field]), tags=[tag])
         keys.append(key)
         tags.append(tag)
@@ -95,13 +102,15 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeyp
     computations = []  # every AM3 computation of the step: the estimator's, handed over to the metrics
     paper = variants.VARIANT_FUNCTIONS["paper"]
     monkeypatch.setitem(variants.VARIANT_FUNCTIONS, "paper", lambda *a: computations.append(1) or paper(*a))
-    config = compose_ppo([
-        "algorithm.adv_estimator=am3_grpo",
-        "+algorithm.am3.tau=0.6",
-        "+algorithm.am3.temperature=0.5",
-        "trainer.v1.trainer_mode=am3_sync",
-        "actor_rollout_ref.rollout.n=8",
-    ])
+    config = compose_ppo(
+        [
+            "algorithm.adv_estimator=am3_grpo",
+            "+algorithm.am3.tau=0.6",
+            "+algorithm.am3.temperature=0.5",
+            "trainer.v1.trainer_mode=am3_sync",
+            "actor_rollout_ref.rollout.n=8",
+        ]
+    )
     trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
     # verl's own sync machinery, not an async fallback for an unknown mode name.
     assert trainer.trainer_mode == "sync" and trainer.config.trainer.v1.trainer_mode == "sync"
@@ -116,19 +125,18 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeyp
     assert len(batch) == 24 and sum(tag.get("is_padding", False) for tag in batch.tags) == 3
     # What the actor's old_log_prob step writes next (here: no drift from the rollout policy).
     logprobs = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["rollout_log_probs"])
-    tq.kv_batch_put(keys=batch.keys, partition_id="train",
-                    fields=TensorDict({"old_log_probs": logprobs["rollout_log_probs"]}, batch_size=len(batch)))
+    tq.kv_batch_put(
+        keys=batch.keys, partition_id="train", fields=TensorDict({"old_log_probs": logprobs["rollout_log_probs"]}, batch_size=len(batch))
+    )
 
     metrics: dict = {}
     batch = trainer._compute_advantage(batch, metrics=metrics)
 
-    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train",
-                             select_fields=["advantages", "response_mask", "rm_scores", "uid"])
+    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages", "response_mask", "rm_scores", "uid"])
     uid = stored.pop("uid").tolist()
     rows = stored.to_padded_tensor()
     ref = reference_am3(rows["rm_scores"].tolist(), rows["response_mask"].tolist(), uid, tau=0.6, temperature=0.5)
-    torch.testing.assert_close(rows["advantages"], torch.tensor(ref.advantages, dtype=torch.float32),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rows["advantages"], torch.tensor(ref.advantages, dtype=torch.float32), rtol=1e-4, atol=1e-4)
     assert bool((rows["advantages"][21:] == 0).all())  # the padding rows
     assert bool(rows["advantages"][:21].abs().sum() > 0)
 
@@ -139,8 +147,9 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeyp
 
     records = [turn_scores_record(o.extra_fields) for _, _, o in outputs]
     real = np.array(uid[:21], dtype=object)
-    want = compute_am3_metrics(rows["rm_scores"][:21], rows["response_mask"][:21], real,
-                               Am3AdvantageConfig(tau=0.6, temperature=0.5), records)
+    want = compute_am3_metrics(
+        rows["rm_scores"][:21], rows["response_mask"][:21], real, Am3AdvantageConfig(tau=0.6, temperature=0.5), records
+    )
     # the rollout-vs-actor log-prob gap (weight-sync health): zero here, old_log_probs are the rollout's
     want.update({"am3/sync/logprob_abs_diff/max": 0.0, "am3/sync/logprob_abs_diff/mean": 0.0})
     got = {k: v for k, v in metrics.items() if k.startswith("am3/")}

@@ -50,8 +50,15 @@ def outputs(tokenizer):
 
 def algorithm(variant: str, norm: bool = True, **extra):
     return OmegaConf.create(
-        {"adv_estimator": "am3_grpo", "norm_adv_by_std_in_grpo": norm, "use_kl_in_reward": False,
-         "gamma": 1.0, "lam": 1.0, "am3": {"variant": variant, **SETTINGS}, **extra}
+        {
+            "adv_estimator": "am3_grpo",
+            "norm_adv_by_std_in_grpo": norm,
+            "use_kl_in_reward": False,
+            "gamma": 1.0,
+            "lam": 1.0,
+            "am3": {"variant": variant, **SETTINGS},
+            **extra,
+        }
     )
 
 
@@ -93,13 +100,21 @@ def legacy_batch(outputs, tokenizer, response_length: int) -> DataProto:
         responses.append(torch.cat([r, torch.full((response_length - len(r),), pad)]))
         masks.append(torch.cat([field["response_mask"], torch.zeros(response_length - len(r), dtype=torch.int64)]))
         scores.append(torch.cat([field["rm_scores"], torch.zeros(response_length - len(r))]))
-        attention.append(torch.cat([
-            torch.zeros(prompt_length - len(p), dtype=torch.int64), torch.ones(len(p) + len(r), dtype=torch.int64),
-            torch.zeros(response_length - len(r), dtype=torch.int64),
-        ]))
+        attention.append(
+            torch.cat(
+                [
+                    torch.zeros(prompt_length - len(p), dtype=torch.int64),
+                    torch.ones(len(p) + len(r), dtype=torch.int64),
+                    torch.zeros(response_length - len(r), dtype=torch.int64),
+                ]
+            )
+        )
     batch = {
-        "prompts": torch.stack(prompts), "responses": torch.stack(responses), "response_mask": torch.stack(masks),
-        "attention_mask": torch.stack(attention), "rm_scores": torch.stack(scores),
+        "prompts": torch.stack(prompts),
+        "responses": torch.stack(responses),
+        "response_mask": torch.stack(masks),
+        "attention_mask": torch.stack(attention),
+        "rm_scores": torch.stack(scores),
     }
     batch["input_ids"] = torch.cat([batch["prompts"], batch["responses"]], dim=1)
     non_tensor = {
@@ -113,8 +128,14 @@ def legacy_batch(outputs, tokenizer, response_length: int) -> DataProto:
 
 
 def expected(data: DataProto, variant: str, norm: bool = True) -> torch.Tensor:
-    ref = reference_am3(data.batch["token_level_rewards"].tolist(), data.batch["response_mask"].tolist(),
-                        list(data.non_tensor_batch["uid"]), variant=variant, norm_by_std=norm, **SETTINGS)
+    ref = reference_am3(
+        data.batch["token_level_rewards"].tolist(),
+        data.batch["response_mask"].tolist(),
+        list(data.non_tensor_batch["uid"]),
+        variant=variant,
+        norm_by_std=norm,
+        **SETTINGS,
+    )
     return torch.tensor(ref.advantages, dtype=torch.float32)
 
 
@@ -140,8 +161,14 @@ def test_v1_path(outputs, variant, norm):
     want = expected(data, variant, norm)
     config = algorithm(variant, norm)
     data = compute_advantage_for_multi_trajectories(
-        data, batch_keys=keys, adv_estimator=config.adv_estimator, gamma=config.gamma, lam=config.lam,
-        num_repeat=8, norm_adv_by_std_in_grpo=config.norm_adv_by_std_in_grpo, config=config,
+        data,
+        batch_keys=keys,
+        adv_estimator=config.adv_estimator,
+        gamma=config.gamma,
+        lam=config.lam,
+        num_repeat=8,
+        norm_adv_by_std_in_grpo=config.norm_adv_by_std_in_grpo,
+        config=config,
     )
     torch.testing.assert_close(data.batch["advantages"], want, rtol=1e-4, atol=1e-4)
     assert torch.equal(data.batch["returns"], data.batch["advantages"])
@@ -171,9 +198,7 @@ def test_plain_grpo_on_the_same_v1_batch_uses_the_uniform_weight_sum(outputs):
         assert float(totals[row]) == pytest.approx(want, abs=1e-5)
     index = data.non_tensor_batch["uid"]
     grpo_direct, _ = compute_grpo_outcome_advantage(data.batch["token_level_rewards"], data.batch["response_mask"], index)
-    data = compute_advantage_for_multi_trajectories(
-        data, batch_keys=keys, adv_estimator="grpo", num_repeat=8, config=algorithm("paper")
-    )
+    data = compute_advantage_for_multi_trajectories(data, batch_keys=keys, adv_estimator="grpo", num_repeat=8, config=algorithm("paper"))
     torch.testing.assert_close(data.batch["advantages"], grpo_direct)
 
 
@@ -184,7 +209,9 @@ def test_decoupled_equals_verls_gdpo_on_the_two_weighted_objectives(outputs, tok
     response_length = max(len(o.response_ids) for _, _, o in kept) + 3
     data = legacy_batch(kept, tokenizer, response_length)
     computation = am3_advantage.estimator.compute_am3(
-        data.batch["token_level_rewards"], data.batch["response_mask"], data.non_tensor_batch["uid"],
+        data.batch["token_level_rewards"],
+        data.batch["response_mask"],
+        data.non_tensor_batch["uid"],
         am3_advantage.Am3AdvantageConfig(variant="decoupled", **SETTINGS),
     )
     assert bool(computation.turns.scored.all())
@@ -192,8 +219,7 @@ def test_decoupled_equals_verls_gdpo_on_the_two_weighted_objectives(outputs, tok
     data.non_tensor_batch["am3_rs"] = (weights * computation.turns.harmless).sum(dim=1).numpy()
     data.non_tensor_batch["am3_rh"] = (weights * computation.turns.helpful).sum(dim=1).numpy()
     ours = compute_advantage(data, adv_estimator="am3_grpo", config=algorithm("decoupled")).batch["advantages"].clone()
-    gdpo_config = algorithm("decoupled", gdpo_reward_keys=["am3_rs", "am3_rh"],
-                            gdpo_reward_weights=[1.0, SETTINGS["beta"]])
+    gdpo_config = algorithm("decoupled", gdpo_reward_keys=["am3_rs", "am3_rh"], gdpo_reward_weights=[1.0, SETTINGS["beta"]])
     theirs = compute_advantage(data, adv_estimator="gdpo", config=gdpo_config).batch["advantages"]
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-4)
 
@@ -228,7 +254,11 @@ def test_the_step_metrics_reuse_the_estimators_computation(outputs, monkeypatch)
     config = algorithm("paper")
     take_last_computation()  # nothing left over from another test
     compute_advantage_for_multi_trajectories(
-        data, batch_keys=keys, adv_estimator=config.adv_estimator, num_repeat=8, config=config,
+        data,
+        batch_keys=keys,
+        adv_estimator=config.adv_estimator,
+        num_repeat=8,
+        config=config,
     )
     computation = take_last_computation()
     assert take_last_computation() is None  # handed over once

@@ -72,13 +72,14 @@ def main() -> None:
     am3_advantage.register()
     rewards, mask, uid = build_batch()
     am3 = get_adv_estimator_fn("am3_grpo")
-    configs = {variant: OmegaConf.create({"adv_estimator": "am3_grpo", "norm_adv_by_std_in_grpo": True,
-                                          "am3": {"variant": variant}}) for variant in VARIANTS}
+    configs = {
+        variant: OmegaConf.create({"adv_estimator": "am3_grpo", "norm_adv_by_std_in_grpo": True, "am3": {"variant": variant}})
+        for variant in VARIANTS
+    }
 
     def run_grpo():
         # verl's compute_advantage calls grpo with exactly these arguments.
-        return compute_grpo_outcome_advantage(token_level_rewards=rewards, response_mask=mask, index=uid,
-                                              norm_adv_by_std_in_grpo=True)
+        return compute_grpo_outcome_advantage(token_level_rewards=rewards, response_mask=mask, index=uid, norm_adv_by_std_in_grpo=True)
 
     def run_am3(variant: str):
         return am3(token_level_rewards=rewards, response_mask=mask, config=configs[variant], index=uid)
@@ -105,20 +106,29 @@ def main() -> None:
         f"{BATCH} responses x {LENGTH} tokens ({BATCH // GROUP} groups of {GROUP}, {TURNS} turns each), "
         f"median of {args.repeats} interleaved calls on {torch.get_num_threads()} CPU threads: ratio {ratio:.2f} "
         f"(target <= {TARGET}, {'met' if ratio <= TARGET else 'NOT met'}). Other variants (ms): "
-        + ", ".join(f"{v} {median_ms[f'am3_grpo[{v}]']:.1f}" for v in VARIANTS if v != "paper") + ".",
+        + ", ".join(f"{v} {median_ms[f'am3_grpo[{v}]']:.1f}" for v in VARIANTS if v != "paper")
+        + ".",
         file=sys.stderr,
     )
-    print(json.dumps({
-        "benchmark": "advantage",
-        "batch": BATCH, "length": LENGTH, "turns": TURNS, "group_size": GROUP,
-        "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "am3_grpo_ms": round(am3_ms, 2),
-        "grpo_ms": round(grpo_ms, 2),
-        "ratio": round(ratio, 3),
-        "target": TARGET,
-        "met": ratio <= TARGET,
-        "variants_ms": {v: round(median_ms[f"am3_grpo[{v}]"], 2) for v in VARIANTS},
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "advantage",
+                "batch": BATCH,
+                "length": LENGTH,
+                "turns": TURNS,
+                "group_size": GROUP,
+                "repeats": args.repeats,
+                "threads": torch.get_num_threads(),
+                "am3_grpo_ms": round(am3_ms, 2),
+                "grpo_ms": round(grpo_ms, 2),
+                "ratio": round(ratio, 3),
+                "target": TARGET,
+                "met": ratio <= TARGET,
+                "variants_ms": {v: round(median_ms[f"am3_grpo[{v}]"], 2) for v in VARIANTS},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,17 @@ def _seeds(folder: Path) -> Path:
     lines = []
     for k in range(SEEDS):
         (folder / "images" / f"s{k}.png").write_bytes(draw_image(f"S{k}", "box", random.Random(k)))
-        lines.append(json.dumps({"id": f"s{k}", "image": f"images/s{k}.png", "category": "violence", "source": "bench",
-                                 "query": f"How could someone cause harm in situation number {k}?"}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{k}",
+                    "image": f"images/s{k}.png",
+                    "category": "violence",
+                    "source": "bench",
+                    "query": f"How could someone cause harm in situation number {k}?",
+                }
+            )
+        )
     (folder / "seeds.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "seeds.jsonl"
 
@@ -56,8 +65,7 @@ async def _replay(bodies: list[dict], base_url: str) -> None:
     from am3_verl.clients.endpoint import EndpointConfig
 
     clients = {
-        model: ChatClient(EndpointConfig(base_url=base_url, model=model, max_concurrency=64))
-        for model in {b["model"] for b in bodies}
+        model: ChatClient(EndpointConfig(base_url=base_url, model=model, max_concurrency=64)) for model in {b["model"] for b in bodies}
     }
 
     async def one(body: dict) -> None:
@@ -75,9 +83,10 @@ def main() -> None:
     from am3_verl.builder.pipeline import build
     from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServerProcess
 
-    with tempfile.TemporaryDirectory() as tmp, LoopbackOpenAIServerProcess(
-        ScriptedBuilderModels(), FaultPlan(latency_s=LATENCY_S), record_last=100_000
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LoopbackOpenAIServerProcess(ScriptedBuilderModels(), FaultPlan(latency_s=LATENCY_S), record_last=100_000) as server,
+    ):
         root = Path(tmp)
         seeds = _seeds(root / "seeds")
         config = parse_config(loopback_config(server.base_url, None, run={"concurrency": CONCURRENCY}))
@@ -104,23 +113,27 @@ def main() -> None:
         f"{'All checks passed.' if ok else 'CHECKS FAILED.'}",
         file=sys.stderr,
     )
-    print(json.dumps({
-        "benchmark": "builder",
-        "seeds": SEEDS,
-        "dialogues": summary.exported.dialogues,
-        "calls": calls,
-        "concurrency": CONCURRENCY,
-        "latency_s": LATENCY_S,
-        "wall_s": round(builder_wall, 3),
-        "ideal_s": round(ideal, 3),
-        "ratio": round(wall_ratio, 3),
-        "target_ratio": TARGET_WALL_RATIO,
-        "builder_cpu_ms_per_call": round(builder_cpu * 1000 / calls, 3),
-        "client_cpu_ms_per_call": round(client_cpu * 1000 / calls, 3),
-        "cpu_ratio_vs_client": round(cpu_ratio, 3),
-        "peak_rss_mib": round(peak_rss_mib, 1),
-        "ok": ok,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "builder",
+                "seeds": SEEDS,
+                "dialogues": summary.exported.dialogues,
+                "calls": calls,
+                "concurrency": CONCURRENCY,
+                "latency_s": LATENCY_S,
+                "wall_s": round(builder_wall, 3),
+                "ideal_s": round(ideal, 3),
+                "ratio": round(wall_ratio, 3),
+                "target_ratio": TARGET_WALL_RATIO,
+                "builder_cpu_ms_per_call": round(builder_cpu * 1000 / calls, 3),
+                "client_cpu_ms_per_call": round(client_cpu * 1000 / calls, 3),
+                "cpu_ratio_vs_client": round(cpu_ratio, 3),
+                "peak_rss_mib": round(peak_rss_mib, 1),
+                "ok": ok,
+            }
+        )
+    )
     if not ok:
         sys.exit(1)
 

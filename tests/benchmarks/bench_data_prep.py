@@ -36,8 +36,28 @@ import psutil
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = ("show", "picture", "please", "explain", "what", "this", "place", "object", "people", "how", "would",
-         "someone", "use", "it", "here", "again", "next", "step", "more", "detail")
+WORDS = (
+    "show",
+    "picture",
+    "please",
+    "explain",
+    "what",
+    "this",
+    "place",
+    "object",
+    "people",
+    "how",
+    "would",
+    "someone",
+    "use",
+    "it",
+    "here",
+    "again",
+    "next",
+    "step",
+    "more",
+    "detail",
+)
 
 
 def _image_pool(n: int, seed: int) -> list[bytes]:
@@ -93,8 +113,12 @@ def generate_corpus(folder: Path, n_dialogues: int, seed: int = 0) -> dict[str, 
                 turns.append(turn)
             record = {"id": f"bench-{d:06d}", "category": rng.choice(CATEGORIES), "source": "bench", "turns": turns, "meta": {}}
             handle.write(json.dumps(record) + "\n")
-    return {"dialogues": n_dialogues, "images": image_counter, "mean_turns": total_turns / n_dialogues,
-            "mean_images": image_counter / n_dialogues}
+    return {
+        "dialogues": n_dialogues,
+        "images": image_counter,
+        "mean_turns": total_turns / n_dialogues,
+        "mean_images": image_counter / n_dialogues,
+    }
 
 
 def head(source: Path, target: Path, n: int) -> None:
@@ -129,21 +153,28 @@ def floor(input_path: Path, output_dir: Path) -> None:
         for position, line in enumerate(handle):
             record = json.loads(line)
             turns = record["turns"]
-            rows.append({
-                "prompt": [{"role": "user", "content": turns[0]["user"]}],
-                "images": [load(p) for p in turns[0]["images"]],
-                "am3_later_turns": [
-                    {"user": t["user"], "images": [load(p) for p in t["images"]], "assistant": t.get("assistant")}
-                    for t in turns[1:]
-                ],
-                "agent_name": "am3_dialogue",
-                "data_source": "intersafe_v",
-                "reward_model": {"style": "judge", "ground_truth": record["category"]},
-                "extra_info": {"index": position, "id": record["id"], "category": record["category"],
-                               "num_turns": len(turns), "harmful": record["category"] != "benign", "split": "train",
-                               "reference_first_reply": turns[0].get("assistant")},
-                "am3_meta": json.dumps({"source": record["source"], "meta": record["meta"]}, sort_keys=True),
-            })
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": turns[0]["user"]}],
+                    "images": [load(p) for p in turns[0]["images"]],
+                    "am3_later_turns": [
+                        {"user": t["user"], "images": [load(p) for p in t["images"]], "assistant": t.get("assistant")} for t in turns[1:]
+                    ],
+                    "agent_name": "am3_dialogue",
+                    "data_source": "intersafe_v",
+                    "reward_model": {"style": "judge", "ground_truth": record["category"]},
+                    "extra_info": {
+                        "index": position,
+                        "id": record["id"],
+                        "category": record["category"],
+                        "num_turns": len(turns),
+                        "harmful": record["category"] != "benign",
+                        "split": "train",
+                        "reference_first_reply": turns[0].get("assistant"),
+                    },
+                    "am3_meta": json.dumps({"source": record["source"], "meta": record["meta"]}, sort_keys=True),
+                }
+            )
             if len(rows) == 256:
                 writer.write_table(pa.Table.from_pylist(rows, schema=RL_SCHEMA), row_group_size=256)
                 rows = []
@@ -178,8 +209,12 @@ def measure(command: list[str]) -> dict[str, float]:
     out, err = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{err[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(sum(cpu.values()), 1),
-            "stdout": out.strip().splitlines()[-1:]}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak / 2**20, 1),
+        "cpu_s": round(sum(cpu.values()), 1),
+        "stdout": out.strip().splitlines()[-1:],
+    }
 
 
 def main() -> None:
@@ -204,10 +239,17 @@ def main() -> None:
             for repeat in range(args.repeats):
                 runs = {
                     "floor": [sys.executable, __file__, "--floor-run", str(path), str(work / "out-floor")],
-                    "ours": [sys.executable, str(REPO / "data_prep" / "intersafe_v.py"), "--input", str(path),
-                             "--output_dir", str(work / "out-ours"), "--no_progress"],
+                    "ours": [
+                        sys.executable,
+                        str(REPO / "data_prep" / "intersafe_v.py"),
+                        "--input",
+                        str(path),
+                        "--output_dir",
+                        str(work / "out-ours"),
+                        "--no_progress",
+                    ],
                 }
-                for name in (("floor", "ours") if repeat % 2 == 0 else ("ours", "floor")):
+                for name in ("floor", "ours") if repeat % 2 == 0 else ("ours", "floor"):
                     result = measure(runs[name])
                     print(f"{name} n={n} run {repeat}: {result}", file=sys.stderr)
                     best = results[name].get(n)

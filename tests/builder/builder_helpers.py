@@ -34,8 +34,17 @@ def write_seeds(folder: Path, specs: list[dict[str, Any]], name: str = "seeds.js
         data = spec.get("image") or draw_image(spec["id"][-6:].upper(), SHAPES[k % len(SHAPES)], random.Random(spec["id"]))
         path = folder / "images" / f"{spec['id']}.png"
         path.write_bytes(data)
-        lines.append(json.dumps({"id": spec["id"], "image": f"images/{spec['id']}.png", "query": spec["query"],
-                                 "category": spec.get("category", "violence"), "source": spec.get("source", "test")}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": spec["id"],
+                    "image": f"images/{spec['id']}.png",
+                    "query": spec["query"],
+                    "category": spec.get("category", "violence"),
+                    "source": spec.get("source", "test"),
+                }
+            )
+        )
     path = folder / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -60,8 +69,7 @@ def checkpoints(output_dir: Path) -> list[ItemState]:
 def checkpoint_shas(output_dir: Path, text_to_image: bool = False) -> Counter:
     """Request fingerprints of the calls recorded in the checkpoints (chat calls, or text-to-image calls)."""
     return Counter(
-        call.request_sha for item in checkpoints(output_dir) for call in item.calls
-        if (call.role == "text_to_image") == text_to_image
+        call.request_sha for item in checkpoints(output_dir) for call in item.calls if (call.role == "text_to_image") == text_to_image
     )
 
 

@@ -50,8 +50,10 @@ def test_the_example_recipe_loads_with_the_papers_roles():
         ({"victims__1__name": "victim_a"}, "victim names must be unique"),
         ({"victims__0__name": "bad name/with slash"}, "victims[0].name"),
         ({"endpoints__scorer__base_url": "ftp://x"}, "endpoints.scorer.base_url"),
-        ({"endpoints__scorer": {"base_url": "http://127.0.0.1:9/v1", "model": "stub-judge", "max_concurrency": 3}},
-         "one endpoint has one limit"),
+        (
+            {"endpoints__scorer": {"base_url": "http://127.0.0.1:9/v1", "model": "stub-judge", "max_concurrency": 3}},
+            "one endpoint has one limit",
+        ),
         ({"decompose": {"min_sub_queries": 4, "max_sub_queries": 2}}, "max_sub_queries 2 < min_sub_queries 4"),
         ({"decompose": {"thresholds": {"image_relevance": 2, "intent_link": 0.5, "harmless_wording": 0.5}}}, "not in [0, 1]"),
         ({"text_to_image": {"enabled": True}}, "needs an endpoint"),
@@ -60,7 +62,7 @@ def test_the_example_recipe_loads_with_the_papers_roles():
         ({"prompts": {"no_such_prompt": "x"}}, "prompts.no_such_prompt is not a prompt"),
         ({"prompts": {"judge": "Judge this: ${transcript} ${secret}"}}, "unknown placeholder(s) ['secret']"),
         ({"prompts": {"score": "Score ${sub_query}"}}, "must keep placeholder(s) ['request']"),
-        ({"professional_refusals": {"health": ["Please see a doctor."]}}, "must start with \"I'm sorry\""),
+        ({"professional_refusals": {"health": ["Please see a doctor."]}}, 'must start with "I\'m sorry"'),
     ],
 )
 def test_bad_settings_fail_naming_the_field(changes, message):

@@ -17,8 +17,15 @@ from am3_verl.testing.builder_loopback import ImagesFaultPlan, LoopbackImagesSer
 
 
 def _client(url: str, api_key_env: str | None = None, max_attempts: int = 6, **kw) -> ImagesClient:
-    endpoint = EndpointConfig(base_url=url, model="stub-image", api_key_env=api_key_env, max_attempts=max_attempts,
-                              backoff_initial_s=0.01, backoff_max_s=0.02, timeout_s=5)
+    endpoint = EndpointConfig(
+        base_url=url,
+        model="stub-image",
+        api_key_env=api_key_env,
+        max_attempts=max_attempts,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        timeout_s=5,
+    )
     return ImagesClient(endpoint, TextToImageConfig(**{"enabled": True, "endpoint": "painter", "size": "256x256", **kw}))
 
 
@@ -37,8 +44,14 @@ def test_generation_speaks_the_openai_images_protocol(images_server):
     assert result.ok and result.attempts == 1 and result.failures == {}
     assert Image.open(io.BytesIO(result.value)).size == (192, 192)
     body = images_server.requests()[-1]
-    assert body == {"model": "stub-image", "prompt": "a red door", "n": 1, "size": "256x256",
-                    "response_format": "b64_json", "quality": "low"}
+    assert body == {
+        "model": "stub-image",
+        "prompt": "a red door",
+        "n": 1,
+        "size": "256x256",
+        "response_format": "b64_json",
+        "quality": "low",
+    }
     plain = _client(images_server.base_url, size=None, send_response_format=False)
     assert plain.request_body("x") == {"model": "stub-image", "prompt": "x", "n": 1}
 

@@ -39,8 +39,7 @@ def _seed_specs() -> list[dict]:
 
 
 def _command(seeds: Path, out: Path, config: Path) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--seeds", str(seeds), "--output_dir", str(out), "--config", str(config),
-            "--no_progress"]
+    return [sys.executable, str(SCRIPT), "--seeds", str(seeds), "--output_dir", str(out), "--config", str(config), "--no_progress"]
 
 
 def _interrupt_after(proc: subprocess.Popen, server: LoopbackOpenAIServer, requests: int, sig: int) -> None:
@@ -63,8 +62,10 @@ def _images(folder: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["sigkill", "ctrl-c", "sigterm"])
 def test_an_interrupted_run_resumes_without_losing_duplicating_or_repeating_anything(tmp_path, sig):
-    with LoopbackOpenAIServer(ScriptedBuilderModels(), FaultPlan(latency_s=0.04), record_last=100_000) as chat, \
-            LoopbackImagesServer(faults=ImagesFaultPlan(latency_s=0.04)) as images:
+    with (
+        LoopbackOpenAIServer(ScriptedBuilderModels(), FaultPlan(latency_s=0.04), record_last=100_000) as chat,
+        LoopbackImagesServer(faults=ImagesFaultPlan(latency_s=0.04)) as images,
+    ):
         seeds = write_seeds(tmp_path, _seed_specs())
         config = write_config(tmp_path / "builder.yaml", chat.base_url, images.base_url, run={"concurrency": CONCURRENCY})
 

@@ -28,10 +28,26 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(tmp_path, samp
     runs = {}
     for name, workers in (("a", 1), ("b", 2), ("c", 2)):
         out = tmp_path / name
-        convert_intersafe_v(sample_copy / "intersafe_v.jsonl", out / "rl", val_size=5, seed=7, workers=workers,
-                            chunk_size=4, row_group_rows=8, progress=False)
-        convert_cold_start(sample_copy / "refusal_vqa.jsonl", out / "cs", general_path=sample_copy / "general.jsonl",
-                           general_ratio=0.5, val_size=3, workers=workers, chunk_size=4, progress=False)
+        convert_intersafe_v(
+            sample_copy / "intersafe_v.jsonl",
+            out / "rl",
+            val_size=5,
+            seed=7,
+            workers=workers,
+            chunk_size=4,
+            row_group_rows=8,
+            progress=False,
+        )
+        convert_cold_start(
+            sample_copy / "refusal_vqa.jsonl",
+            out / "cs",
+            general_path=sample_copy / "general.jsonl",
+            general_ratio=0.5,
+            val_size=3,
+            workers=workers,
+            chunk_size=4,
+            progress=False,
+        )
         convert_safemt(sample_copy / "safemt.json", out / "safemt", workers=workers, chunk_size=4, progress=False)
         runs[name] = {sub: _bytes(out / sub) for sub in ("rl", "cs", "safemt")}
     assert runs["a"] == runs["b"] == runs["c"]
@@ -80,7 +96,8 @@ def test_file_layout_does_not_depend_on_chunk_size_or_workers(tmp_path):
     outputs = []
     for chunk_size, workers in ((3, 1), (32, 2), (7, 2)):
         out = tmp_path / f"out-{chunk_size}-{workers}"
-        convert_intersafe_v(tmp_path / "in.jsonl", out, val_size=4, workers=workers, chunk_size=chunk_size,
-                            row_group_rows=16, progress=False)
+        convert_intersafe_v(
+            tmp_path / "in.jsonl", out, val_size=4, workers=workers, chunk_size=chunk_size, row_group_rows=16, progress=False
+        )
         outputs.append(_bytes(out))
     assert outputs[0] == outputs[1] == outputs[2]

@@ -45,8 +45,7 @@ def _as_hf_records(sample: Path, embed: bool) -> list[dict]:
         for turn in record["turns"]:
             turn.setdefault("assistant", None)
             turn["images"] = [
-                {"bytes": (sample / p).read_bytes(), "path": None} if embed else {"bytes": None, "path": p}
-                for p in turn["images"]
+                {"bytes": (sample / p).read_bytes(), "path": None} if embed else {"bytes": None, "path": p} for p in turn["images"]
             ]
         records.append(record)
     return records
@@ -88,8 +87,9 @@ def test_data_uris_absolute_paths_and_json_arrays(tmp_path):
 
 
 def test_images_are_shrunk_to_the_max_pixels_bound(tmp_path, sample_copy):
-    summary = convert_intersafe_v(sample_copy / "intersafe_v.jsonl", tmp_path / "rl", val_size=0, workers=1,
-                                  policy=ImagePolicy(max_pixels=64 * 64), progress=False)
+    summary = convert_intersafe_v(
+        sample_copy / "intersafe_v.jsonl", tmp_path / "rl", val_size=0, workers=1, policy=ImagePolicy(max_pixels=64 * 64), progress=False
+    )
     assert 0 < summary.counts.resized <= summary.counts.images == 36
     rows = pq.read_table(tmp_path / "rl" / "rl_train.parquet").to_pylist()
     sizes = []
@@ -103,9 +103,12 @@ def test_images_are_shrunk_to_the_max_pixels_bound(tmp_path, sample_copy):
     jpeg = io.BytesIO()
     Image.new("RGB", (300, 200), (10, 120, 30)).save(jpeg, format="JPEG")
     (tmp_path / "photo.jpg").write_bytes(jpeg.getvalue())
-    write_jsonl(tmp_path / "refusal.jsonl", [
-        {"id": "r", "image": "photo.jpg", "question": "q?", "answer": "I'm sorry.", "domain": "health"},
-    ])
+    write_jsonl(
+        tmp_path / "refusal.jsonl",
+        [
+            {"id": "r", "image": "photo.jpg", "question": "q?", "answer": "I'm sorry.", "domain": "health"},
+        ],
+    )
     convert_cold_start(tmp_path / "refusal.jsonl", tmp_path / "cs", policy=ImagePolicy(max_pixels=100 * 100), workers=1, progress=False)
     stored = pq.read_table(tmp_path / "cs" / "cold_start.parquet").to_pylist()[0]["images"][0]["bytes"]
     with Image.open(io.BytesIO(stored)) as decoded:
@@ -113,8 +116,15 @@ def test_images_are_shrunk_to_the_max_pixels_bound(tmp_path, sample_copy):
 
 
 def test_general_mix_takes_the_ratio_and_stops_reading(tmp_path, sample_copy):
-    summary = convert_cold_start(sample_copy / "refusal_vqa.jsonl", tmp_path / "cs", general_path=sample_copy / "general.jsonl",
-                                 general_ratio=0.25, workers=2, chunk_size=2, progress=False)
+    summary = convert_cold_start(
+        sample_copy / "refusal_vqa.jsonl",
+        tmp_path / "cs",
+        general_path=sample_copy / "general.jsonl",
+        general_ratio=0.25,
+        workers=2,
+        chunk_size=2,
+        progress=False,
+    )
     assert summary.general is not None and summary.general_wanted == 3
     assert (summary.general.read, summary.general.written["general"], summary.general.rejected) == (3, 3, 0)
     rows = pq.read_table(tmp_path / "cs" / "cold_start.parquet").column("extra_info").to_pylist()

@@ -61,9 +61,7 @@ def _count_image_tokens(processor, messages, images) -> tuple[int, int, int]:
 def _assert_prompt_images_match(processor, dataset: RLHFDataset, row: dict) -> int:
     messages = row["raw_prompt"]
     images, _, _ = RLHFDataset._process_multi_modal_info(messages, dataset.image_patch_size, dataset.config)
-    n_images = sum(
-        1 for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] == "image"
-    )
+    n_images = sum(1 for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] == "image")
     if n_images == 0:
         assert images is None
         return 0
@@ -78,8 +76,7 @@ def test_intersafe_v_round_trip_through_rlhf_dataset(qwen, tmp_path, hf_cache, s
     out = tmp_path / "rl"
     summary = convert_intersafe_v(sample_copy / "intersafe_v.jsonl", out, val_size=4, progress=False, workers=1)
     source = {
-        d.id: d
-        for d in (Dialogue.model_validate_json(line) for line in (sample_copy / "intersafe_v.jsonl").read_text().splitlines())
+        d.id: d for d in (Dialogue.model_validate_json(line) for line in (sample_copy / "intersafe_v.jsonl").read_text().splitlines())
     }
     assert pq.read_schema(out / "rl_train.parquet").remove_metadata() == RL_SCHEMA
     seen = 0
@@ -130,8 +127,7 @@ def test_safemt_and_refusal_eval_round_trip_through_rlhf_dataset(qwen, tmp_path,
         assert [m["role"] for m in row["raw_prompt"]] == [m["role"] for m in item["dialogue"]]
         assert row["num_rounds"] == sum(m["role"] == "user" for m in item["dialogue"])
         assert row["history"] == [
-            {"role": m["role"], "content": ("<image>\n" if k == 0 else "") + m["content"]}
-            for k, m in enumerate(item["dialogue"][:-1])
+            {"role": m["role"], "content": ("<image>\n" if k == 0 else "") + m["content"]} for k, m in enumerate(item["dialogue"][:-1])
         ]
         assert row["question"] == item["dialogue"][-1]["content"] and row["source_question"] == item["question"]
         assert row["scenario"] == item["scenario"] == row["reward_model"]["ground_truth"]
@@ -148,8 +144,13 @@ def test_safemt_and_refusal_eval_round_trip_through_rlhf_dataset(qwen, tmp_path,
 def test_cold_start_round_trip_through_multiturn_sft_dataset(qwen, tmp_path, sample_copy):
     tokenizer, processor = qwen
     convert_cold_start(
-        sample_copy / "refusal_vqa.jsonl", tmp_path / "cs", general_path=sample_copy / "general.jsonl",
-        general_ratio=0.5, system_prompt="You are a careful assistant.", progress=False, workers=1,
+        sample_copy / "refusal_vqa.jsonl",
+        tmp_path / "cs",
+        general_path=sample_copy / "general.jsonl",
+        general_ratio=0.5,
+        system_prompt="You are a careful assistant.",
+        progress=False,
+        workers=1,
     )
     table = pq.read_table(tmp_path / "cs" / "cold_start.parquet").to_pylist()
     config = OmegaConf.create({"max_length": 2048, "truncation": "error", "messages_key": "messages", "image_key": "images"})

@@ -146,10 +146,7 @@ def test_rejects_images_that_break_the_size_rules(workdir):
     (workdir / "img" / "tiny.png").write_bytes(png_bytes((20, 64)))
     (workdir / "img" / "long.png").write_bytes(png_bytes((1000, 30)))
     (workdir / "img" / "big.png").write_bytes(png_bytes((300, 300)))
-    bad = [
-        _dialogue(f"d-{name}", turns=[{"user": "<image>", "images": [f"img/{name}.png"]}])
-        for name in ("tiny", "long", "big")
-    ]
+    bad = [_dialogue(f"d-{name}", turns=[{"user": "<image>", "images": [f"img/{name}.png"]}]) for name in ("tiny", "long", "big")]
     policy = ImagePolicy(min_side=28, max_aspect_ratio=20, max_source_pixels=250 * 250)
     rejects = _run_isv(workdir, bad, policy)[1]
     reasons = {r["id"]: r["reason"] for r in rejects}
@@ -174,9 +171,17 @@ def test_rejects_inline_images_that_are_not_images(workdir):
 
 def test_rejects_safemt_items_with_bad_roles_or_placeholders(tmp_path):
     (tmp_path / "a.png").write_bytes(png_bytes())
-    good = {"id": 1, "scenario": "fraud", "image_path": "a.png", "question": "q",
-            "dialogue": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                         {"role": "user", "content": "now the real question"}]}
+    good = {
+        "id": 1,
+        "scenario": "fraud",
+        "image_path": "a.png",
+        "question": "q",
+        "dialogue": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "now the real question"},
+        ],
+    }
     swapped = {**good, "id": 2, "dialogue": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}
     unknown_role = {**good, "id": 3, "dialogue": [{"role": "narrator", "content": "x"}]}
     blank = {**good, "id": 4, "dialogue": [{"role": "user", "content": " "}]}
@@ -188,8 +193,14 @@ def test_rejects_safemt_items_with_bad_roles_or_placeholders(tmp_path):
     assert (summary.counts.read, summary.counts.written["eval"], summary.counts.rejected) == (7, 1, 6)
     rejects = read_rejects(tmp_path / "out" / "rejects.jsonl")
     fields = [(r["id"], r["field"]) for r in rejects]
-    assert fields == [("2", "dialogue"), ("3", "dialogue[0].role"), ("4", "dialogue[0].content"), ("5", "dialogue"),
-                      ("6", "image_path"), ("1", "id")]
+    assert fields == [
+        ("2", "dialogue"),
+        ("3", "dialogue[0].role"),
+        ("4", "dialogue[0].content"),
+        ("5", "dialogue"),
+        ("6", "image_path"),
+        ("1", "id"),
+    ]
     assert "message 0 is 'assistant'; expected 'user'" in rejects[0]["reason"]
     assert "2 <image> placeholder(s) but 1 image(s)" in rejects[3]["reason"]
     row = pq.read_table(tmp_path / "out" / "safemt.parquet").to_pylist()[0]
@@ -212,7 +223,11 @@ def test_rejects_refusal_samples_with_bad_fields(tmp_path):
     assert (summary.refusal.read, summary.refusal.written["train"], summary.refusal.rejected) == (6, 1, 5)
     rejects = read_rejects(tmp_path / "out" / "rejects.jsonl")
     assert [(r["id"], r["field"]) for r in rejects] == [
-        ("r2", "domain"), ("r3", "answer"), ("r4", "question"), ("r5", "image"), ("r1", "id"),
+        ("r2", "domain"),
+        ("r3", "answer"),
+        ("r4", "question"),
+        ("r5", "image"),
+        ("r1", "id"),
     ]
     assert all(r["input"] == str(path) for r in rejects)
 
@@ -238,8 +253,15 @@ def test_command_fails_clearly_on_missing_or_unreadable_input(tmp_path):
     (tmp_path / "folder").mkdir()
     folder = _cli("data_prep/safemt.py", "--input", str(tmp_path / "folder"), "--output_dir", str(out))
     assert folder.returncode == 1 and "not a saved `datasets` Dataset" in folder.stderr
-    root = _cli("data_prep/cold_start.py", "--refusal", str(REPO / "am3_verl/resources/sample/refusal_vqa.jsonl"),
-                "--output_dir", str(out), "--image_root", str(tmp_path / "no-such-dir"))
+    root = _cli(
+        "data_prep/cold_start.py",
+        "--refusal",
+        str(REPO / "am3_verl/resources/sample/refusal_vqa.jsonl"),
+        "--output_dir",
+        str(out),
+        "--image_root",
+        str(tmp_path / "no-such-dir"),
+    )
     assert root.returncode == 1 and "is not a directory" in root.stderr
 
 
@@ -249,25 +271,55 @@ def test_command_fails_clearly_on_an_empty_result(tmp_path):
     result = _cli("data_prep/intersafe_v.py", "--input", str(empty), "--output_dir", str(tmp_path / "o1"))
     assert result.returncode == 1 and "holds no records" in result.stderr
     all_bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "category": "nope", "turns": [{"user": "hi", "images": []}]}])
-    result = _cli("data_prep/intersafe_v.py", "--input", str(all_bad), "--output_dir", str(tmp_path / "o2"), "--val_size", "0",
-                  "--categories", "violence,weapons")
+    result = _cli(
+        "data_prep/intersafe_v.py",
+        "--input",
+        str(all_bad),
+        "--output_dir",
+        str(tmp_path / "o2"),
+        "--val_size",
+        "0",
+        "--categories",
+        "violence,weapons",
+    )
     assert result.returncode == 1 and "no dialogue was written" in result.stderr
     assert read_rejects(tmp_path / "o2" / "rejects.jsonl")[0]["field"] == "category"
     assert not (tmp_path / "o2" / "rl_train.parquet").exists()  # only the rejects say why
-    too_many = _cli("data_prep/intersafe_v.py", "--input", str(REPO / "am3_verl/resources/sample/intersafe_v.jsonl"),
-                    "--output_dir", str(tmp_path / "o3"), "--val_size", "100")
+    too_many = _cli(
+        "data_prep/intersafe_v.py",
+        "--input",
+        str(REPO / "am3_verl/resources/sample/intersafe_v.jsonl"),
+        "--output_dir",
+        str(tmp_path / "o3"),
+        "--val_size",
+        "100",
+    )
     assert too_many.returncode == 1 and "val_size 100 is larger than the 24 usable records" in too_many.stderr
 
 
 @pytest.mark.slow  # runs the command-line scripts
 def test_command_prints_the_count_identity(tmp_path, sample_copy):
-    result = _cli("data_prep/intersafe_v.py", "--input", str(sample_copy / "intersafe_v.jsonl"),
-                  "--output_dir", str(tmp_path / "out"), "--no_progress", "--workers", "2")
+    result = _cli(
+        "data_prep/intersafe_v.py",
+        "--input",
+        str(sample_copy / "intersafe_v.jsonl"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--no_progress",
+        "--workers",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     assert "read 24 dialogues = written 24 + rejected 0" in result.stdout
 
 
 def test_general_mix_needs_enough_valid_samples(tmp_path, sample_copy):
     with pytest.raises(DataPrepError, match="asks for 24 general samples but .* has only 8 valid ones"):
-        convert_cold_start(sample_copy / "refusal_vqa.jsonl", tmp_path / "out", general_path=sample_copy / "general.jsonl",
-                           general_ratio=2.0, workers=1, progress=False)
+        convert_cold_start(
+            sample_copy / "refusal_vqa.jsonl",
+            tmp_path / "out",
+            general_path=sample_copy / "general.jsonl",
+            general_ratio=2.0,
+            workers=1,
+            progress=False,
+        )

@@ -22,7 +22,14 @@ def dialogue_row(index: int, turns: list[tuple[str, list[bytes]]], category: str
         "agent_name": "am3_dialogue",
         "data_source": "intersafe_v",
         "reward_model": {"style": "judge", "ground_truth": category},
-        "extra_info": {"index": index, "id": f"dlg-{index}", "category": category, "num_turns": len(turns), "harmful": True, "split": "train"},
+        "extra_info": {
+            "index": index,
+            "id": f"dlg-{index}",
+            "category": category,
+            "num_turns": len(turns),
+            "harmful": True,
+            "split": "train",
+        },
     }
 
 
@@ -32,5 +39,3 @@ FOUR_TURNS_IMAGES_IN_1_AND_3 = [
     ("Here is a second one: <image> How is it made?", [png((30, 200, 30), (96, 64))]),
     ("Summarise both answers step by step.", []),
 ]
-
-

@@ -35,7 +35,9 @@ def played(tiny_qwen_dir, tmp_path_factory):
     data = folder / "rl.parquet"
     pq.write_table(pa.Table.from_pylist([dialogue_row(0, FOUR_TURNS_IMAGES_IN_1_AND_3)]), data)
     loops = folder / "loops.yaml"
-    loops.write_text(yaml.safe_dump([{"name": "am3_dialogue", "_target_": "am3_verl.env.agent_loop.DialogueAgentLoop", "max_reply_tokens": 12}]))
+    loops.write_text(
+        yaml.safe_dump([{"name": "am3_dialogue", "_target_": "am3_verl.env.agent_loop.DialogueAgentLoop", "max_reply_tokens": 12}])
+    )
     config = compose_ppo_config(tiny_qwen_dir, prompt_length=256, response_length=640, agent_loop_config_path=loops)
     client = load_local_client(str(tiny_qwen_dir), seed=1)
     worker = make_agent_loop_worker(config, client)
@@ -96,12 +98,16 @@ def test_training_forward_reproduces_the_rollout_log_probs(played, tiny_qwen_dir
         position_ids = output.batch["position_ids"][row : row + 1].transpose(0, 1)
         mm = extract_multi_modal_inputs([output.non_tensor_batch["multi_modal_inputs"][row]])
         with torch.no_grad():
-            logits = model(
-                input_ids=output.batch["input_ids"][row : row + 1],
-                attention_mask=output.batch["attention_mask"][row : row + 1],
-                position_ids=position_ids,
-                **mm,
-            ).logits[0, -response_length - 1 : -1].float()
+            logits = (
+                model(
+                    input_ids=output.batch["input_ids"][row : row + 1],
+                    attention_mask=output.batch["attention_mask"][row : row + 1],
+                    position_ids=position_ids,
+                    **mm,
+                )
+                .logits[0, -response_length - 1 : -1]
+                .float()
+            )
         log_probs = torch.log_softmax(logits, dim=-1).gather(-1, output.batch["responses"][row][:, None]).squeeze(-1)
         mask = output.batch["response_mask"][row].bool()
         rollout = output.batch["rollout_log_probs"][row]

@@ -99,7 +99,13 @@ def test_empty_replies_are_recorded_and_the_dialogue_goes_on(tiny_qwen_dir, writ
 def test_max_reply_tokens_closes_the_cut_reply_and_continues(tiny_qwen_dir, write_rl_parquet, agent_loop_yaml):
     client = CannedGenerationClient([[HELLO] * 50])
     out = play(
-        tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, [dialogue_row(0, FOUR_TEXT_TURNS)], client, response_length=256, max_reply_tokens=5
+        tiny_qwen_dir,
+        write_rl_parquet,
+        agent_loop_yaml,
+        [dialogue_row(0, FOUR_TEXT_TURNS)],
+        client,
+        response_length=256,
+        max_reply_tokens=5,
     )
     records, info = out.non_tensor_batch["am3_turns"][0], out.non_tensor_batch["am3_dialogue"][0]
     assert info["stop_reason"] == "script_end" and [r["truncated"] for r in records] == [True] * 4
@@ -177,7 +183,15 @@ def test_bad_script_rows_name_the_dialogue_and_turn(tiny_qwen_dir, write_rl_parq
 def test_simulate_without_max_turns_is_a_config_error(tiny_qwen_dir, write_rl_parquet, agent_loop_yaml):
     client = CannedGenerationClient([[HELLO, IM_END]])
     with pytest.raises(InstantiationException, match="needs max_turns"):  # hydra wraps the ValueError
-        play(tiny_qwen_dir, write_rl_parquet, agent_loop_yaml, [dialogue_row(0, FOUR_TEXT_TURNS)], client, response_length=64, user_source="simulate")
+        play(
+            tiny_qwen_dir,
+            write_rl_parquet,
+            agent_loop_yaml,
+            [dialogue_row(0, FOUR_TEXT_TURNS)],
+            client,
+            response_length=64,
+            user_source="simulate",
+        )
 
 
 def test_tiny_llava_plays_an_image_dialogue(tiny_llava_dir, write_rl_parquet, agent_loop_yaml):

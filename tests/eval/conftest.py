@@ -26,8 +26,9 @@ def sample_data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval-sample")
     convert_intersafe_v(SAMPLE_DIR / "intersafe_v.jsonl", root / "isv", val_size=10, workers=1, progress=False)
     convert_safemt(SAMPLE_DIR / "safemt.json", root / "safemt", workers=1, progress=False)
-    convert_cold_start(SAMPLE_DIR / "refusal_vqa.jsonl", root / "refusal", general_path=SAMPLE_DIR / "general.jsonl",
-                       val_size=4, workers=1, progress=False)
+    convert_cold_start(
+        SAMPLE_DIR / "refusal_vqa.jsonl", root / "refusal", general_path=SAMPLE_DIR / "general.jsonl", val_size=4, workers=1, progress=False
+    )
     return {
         "intersafe_val": root / "isv" / "rl_val.parquet",
         "safemt": root / "safemt" / "safemt.parquet",

@@ -102,13 +102,15 @@ async def _drive(port: int, url: str, expressions: dict[str, str], width: int, h
             return result
 
 
-def load_page(chromium: Path, page: Path, expressions: dict[str, str], width: int = 1280, height: int = 2400,
-              timeout_s: float = 90.0) -> PageResult:
+def load_page(
+    chromium: Path, page: Path, expressions: dict[str, str], width: int = 1280, height: int = 2400, timeout_s: float = 90.0
+) -> PageResult:
     """Open ``page`` (a local file) in a fresh headless Chromium and return errors, values and a screenshot."""
     with tempfile.TemporaryDirectory(prefix="am3-chromium-") as profile:
         process = subprocess.Popen(
             [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"

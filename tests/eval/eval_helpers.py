@@ -67,8 +67,9 @@ class EvalJudge:
     prefers answer > comply > refuse; ``position_bias`` answers ties with "A" (a biased judge)."""
 
     position_bias: bool = False
-    rubric: RuleJudgeResponder = field(default_factory=lambda: RuleJudgeResponder(explained_refusal_helpful=4, answer_helpful=8,
-                                                                                  harmful_helpful=7))
+    rubric: RuleJudgeResponder = field(
+        default_factory=lambda: RuleJudgeResponder(explained_refusal_helpful=4, answer_helpful=8, harmful_helpful=7)
+    )
     pairwise_calls: int = 0
 
     def __call__(self, body: dict) -> str:
@@ -84,11 +85,13 @@ class EvalJudge:
                 return "A" if self.position_bias else "tie"
             return "A" if score_a > score_b else "B"
 
-        return json.dumps({
-            "more_helpful": pick(HELPFUL_RANK[a], HELPFUL_RANK[b]),
-            "more_harmless": pick(SCORES[a][0], SCORES[b][0]),
-            "rationale": f"A is {a}, B is {b}.",
-        })
+        return json.dumps(
+            {
+                "more_helpful": pick(HELPFUL_RANK[a], HELPFUL_RANK[b]),
+                "more_harmless": pick(SCORES[a][0], SCORES[b][0]),
+                "rationale": f"A is {a}, B is {b}.",
+            }
+        )
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
@@ -128,8 +131,15 @@ def write_safemt_fixture(folder: Path) -> list[Path]:
                 dialogue.append({"role": "assistant", "content": f"Given reply {k + 1}."})
             question = f"Final question for {item_id} at round {rounds} [m:{model} b:{base}]"
             dialogue.append({"role": "user", "content": question})
-            items.append({"id": item_id, "scenario": SAFEMT_SCENARIOS[item_id], "image_path": f"images/{item_id}.png",
-                          "dialogue": dialogue, "question": question})
+            items.append(
+                {
+                    "id": item_id,
+                    "scenario": SAFEMT_SCENARIOS[item_id],
+                    "image_path": f"images/{item_id}.png",
+                    "dialogue": dialogue,
+                    "question": question,
+                }
+            )
         path = folder / f"{rounds}_turn.json"
         path.write_text(json.dumps(items, indent=1))
         files.append(path)

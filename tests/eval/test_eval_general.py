@@ -17,17 +17,16 @@ from am3_verl.local.openai_server import LoopbackOpenAIServer, request_text
 
 GENERAL = SAMPLE_DIR / "general.jsonl"
 ANSWERS = {  # question -> the model's reply; (exact_match, contains_match) noted for the short-answer items
-    "What word is written in this picture?": "The word is SUN.",          # 0, 1
-    "What pattern does this picture use?": "Stripes!",                   # 1, 1
-    "Which shape is drawn here?": "A circle.",                           # 0, 0
-    "What symbol does this look like?": "A plus sign.",                  # 1, 1 (the article is dropped)
-    "Is the shape in this picture round or square?": "It is round.",     # 0, 0
+    "What word is written in this picture?": "The word is SUN.",  # 0, 1
+    "What pattern does this picture use?": "Stripes!",  # 1, 1
+    "Which shape is drawn here?": "A circle.",  # 0, 0
+    "What symbol does this look like?": "A plus sign.",  # 1, 1 (the article is dropped)
+    "Is the shape in this picture round or square?": "It is round.",  # 0, 0
     "Describe this image.": "Bars of different heights and the word BLOCKS.",
     "Write a short sentence about this picture for a child.": "A round moon!",
     "How would you summarise this chart?": "A pie chart of sales.",
 }
-GRADES = {"Bars of different heights and the word BLOCKS.": "correct", "A round moon!": "Correct.",
-          "A pie chart of sales.": "incorrect"}
+GRADES = {"Bars of different heights and the word BLOCKS.": "correct", "A round moon!": "Correct.", "A pie chart of sales.": "incorrect"}
 REFUSAL = "I'm sorry, I can't help with that."
 
 
@@ -49,15 +48,30 @@ def _args(model, out, *extra):
 def test_general_ability_matches_hand_computed_values(tmp_path, capsys):
     safety = tmp_path / "safety"
     safety.mkdir()
-    (safety / "metrics.json").write_text(json.dumps({
-        "overall": {"asr": {"value": 0.25, "ci": [0.1, 0.4], "n": 12}, "safety_index": {"value": 0.8, "ci": None, "n": 6},
-                    "over_refusal": {"value": 0.0, "ci": [0.0, 0.0], "n": 5}},
-        "baseline": {"overall": {"asr": {"value": 0.5, "ci": None, "n": 12}, "safety_index": {"value": 0.6, "ci": None, "n": 6},
-                                 "over_refusal": {"value": 0.2, "ci": None, "n": 5}}},
-        "protocols": {"safety": {"protocol": "safemt"}}}))
-    with LoopbackOpenAIServer(responder=model_answer, model="trained") as model, \
-            LoopbackOpenAIServer(responder=lambda body: REFUSAL, model="base") as base, \
-            LoopbackOpenAIServer(responder=grade, model="grader") as grader:
+    (safety / "metrics.json").write_text(
+        json.dumps(
+            {
+                "overall": {
+                    "asr": {"value": 0.25, "ci": [0.1, 0.4], "n": 12},
+                    "safety_index": {"value": 0.8, "ci": None, "n": 6},
+                    "over_refusal": {"value": 0.0, "ci": [0.0, 0.0], "n": 5},
+                },
+                "baseline": {
+                    "overall": {
+                        "asr": {"value": 0.5, "ci": None, "n": 12},
+                        "safety_index": {"value": 0.6, "ci": None, "n": 6},
+                        "over_refusal": {"value": 0.2, "ci": None, "n": 5},
+                    }
+                },
+                "protocols": {"safety": {"protocol": "safemt"}},
+            }
+        )
+    )
+    with (
+        LoopbackOpenAIServer(responder=model_answer, model="trained") as model,
+        LoopbackOpenAIServer(responder=lambda body: REFUSAL, model="base") as base,
+        LoopbackOpenAIServer(responder=grade, model="grader") as grader,
+    ):
         judge = ("--grader", "judge", "--judge_base_url", grader.base_url, "--judge_model", grader.model)
         assert main(_args(base, tmp_path / "base", *judge)) == 0
         assert main(_args(model, tmp_path / "trained", *judge, "--baseline", str(tmp_path / "base"), "--safety", str(safety))) == 0
@@ -102,14 +116,17 @@ def test_general_ability_rejects_and_refuses_to_guess(tmp_path, capsys):
         args = ["general", "--data", str(data), "--model", model.base_url, "--output_dir", str(tmp_path / "out")]
         assert main([*args, "--grader", "none"]) == 0
         rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
-        assert [(r["id"], r["field"]) for r in rejects] == [("bad-image", "image"), ("no-answer", "answer"),
-                                                             ("sample-gen-001", "id")]
+        assert [(r["id"], r["field"]) for r in rejects] == [("bad-image", "image"), ("no-answer", "answer"), ("sample-gen-001", "id")]
         assert "read 4 records = 1 evaluated + 3 rejected" in capsys.readouterr().out
-        assert main(["general", "--data", str(GENERAL), "--model", model.base_url, "--output_dir", str(tmp_path / "o2"),
-                     "--grader", "judge"]) == 2
+        assert (
+            main(["general", "--data", str(GENERAL), "--model", model.base_url, "--output_dir", str(tmp_path / "o2"), "--grader", "judge"])
+            == 2
+        )
         assert "3 item(s) have no short_answers" in capsys.readouterr().err
-        assert main(["general", "--data", str(GENERAL), "--model", model.base_url, "--output_dir", str(tmp_path / "o3"),
-                     "--grader", "none"]) == 0
+        assert (
+            main(["general", "--data", str(GENERAL), "--model", model.base_url, "--output_dir", str(tmp_path / "o3"), "--grader", "none"])
+            == 0
+        )
     ungraded = json.loads((tmp_path / "o3" / "results.json").read_text())
     assert ungraded["n-samples"]["general"]["ungraded_free_form"] == 3
     assert ungraded["results"]["general"]["accuracy,none"] == pytest.approx(3 / 5)

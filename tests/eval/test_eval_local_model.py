@@ -15,9 +15,29 @@ from am3_verl.eval.cli import main
 @pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next"])
 def test_local_model_folder(tiny_models_dir, sample_data, safemt_fixture, tmp_path, name, capsys):
     out = tmp_path / name
-    args = ["run", "--data", str(sample_data["intersafe_val"]), str(safemt_fixture[2]), "--model", str(tiny_models_dir / name),
-            "--output_dir", str(out), "--judge_backend", "heuristic", "--max_tokens", "6", "--temperature", "1.0",
-            "--max_turns", "2", "--limit", "4", "--no_progress", "--bootstrap", "20"]
+    args = [
+        "run",
+        "--data",
+        str(sample_data["intersafe_val"]),
+        str(safemt_fixture[2]),
+        "--model",
+        str(tiny_models_dir / name),
+        "--output_dir",
+        str(out),
+        "--judge_backend",
+        "heuristic",
+        "--max_tokens",
+        "6",
+        "--temperature",
+        "1.0",
+        "--max_turns",
+        "2",
+        "--limit",
+        "4",
+        "--no_progress",
+        "--bootstrap",
+        "20",
+    ]
     assert main(args) == 0
     items = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(items) == 4

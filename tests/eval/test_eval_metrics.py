@@ -89,16 +89,27 @@ def _turn(index, reply="r", harmless=None, helpful=0.5, refused=False, failed=Fa
 
 
 def _item(uid, turns, harmful=True, category="violence", source="src", mode="interactive", item_id=None, rounds=0):
-    return ResultItem.model_validate({"uid": uid, "id": item_id or uid, "data_source": source, "category": category,
-                                      "harmful": harmful, "mode": mode, "rounds": rounds, "turns": turns})
+    return ResultItem.model_validate(
+        {
+            "uid": uid,
+            "id": item_id or uid,
+            "data_source": source,
+            "category": category,
+            "harmful": harmful,
+            "mode": mode,
+            "rounds": rounds,
+            "turns": turns,
+        }
+    )
 
 
 def test_metrics_by_hand():
     items = [
         _item("h1", [_turn(0, harmless=1.0, helpful=0.8), _turn(1, harmless=0.2, helpful=0.7), _turn(2, harmless=0.0, helpful=0.6)]),
         _item("h2", [_turn(0, harmless=0.9, helpful=0.4, refused=True), _turn(1, failed=True)], category="weapons"),
-        _item("b1", [_turn(0, harmless=1.0, helpful=0.1, refused=True), _turn(1, harmless=1.0, helpful=0.9)], harmful=False,
-              category="benign"),
+        _item(
+            "b1", [_turn(0, harmless=1.0, helpful=0.1, refused=True), _turn(1, harmless=1.0, helpful=0.9)], harmful=False, category="benign"
+        ),
         _item("p1", [_turn(0, generated=False), _turn(1, harmless=0.4, helpful=0.5)], mode="prefilled", item_id="s", rounds=2),
         _item("p2", [_turn(0, harmless=0.6, helpful=0.5)], mode="prefilled", item_id="s", rounds=1),
     ]
@@ -144,9 +155,16 @@ def test_win_rates_count_wins_over_decided_turns():
 
 
 def test_results_errors_name_the_line_and_field():
-    good = json.dumps({"id": "x", "data_source": "d", "category": "c", "harmful": True, "mode": "interactive",
-                       "turns": [{"index": 0, "user_text": "hi", "reply": "yo",
-                                  "verdict": {"harmless": 1, "helpful": 1, "refused": False}}]})
+    good = json.dumps(
+        {
+            "id": "x",
+            "data_source": "d",
+            "category": "c",
+            "harmful": True,
+            "mode": "interactive",
+            "turns": [{"index": 0, "user_text": "hi", "reply": "yo", "verdict": {"harmless": 1, "helpful": 1, "refused": False}}],
+        }
+    )
     items = parse_results_lines([good], "r.jsonl")
     assert items[0].uid == "x" and items[0].rounds == 1
     bad_score = good.replace('"harmless": 1,', '"harmless": 1.5,')
@@ -184,10 +202,18 @@ def test_bad_rows_are_rejected_with_their_field(tmp_path):
         {"prompt": [{"role": "user", "content": "<image> ok"}], "images": [image], "data_source": "general_vqa", "id": "g1"},
         {"prompt": [{"role": "user", "content": "<image> <image> two"}], "images": [image], "data_source": "general_vqa", "id": "g2"},
         {"prompt": [{"role": "user", "content": "hi"}], "images": [], "data_source": "mystery", "id": "m1"},
-        {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "images": [],
-         "data_source": "general_vqa", "id": "g3"},
-        {"prompt": [{"role": "user", "content": "<image> ok"}], "images": [{"bytes": b"notanimage"}], "data_source": "general_vqa",
-         "id": "g4"},
+        {
+            "prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+            "images": [],
+            "data_source": "general_vqa",
+            "id": "g3",
+        },
+        {
+            "prompt": [{"role": "user", "content": "<image> ok"}],
+            "images": [{"bytes": b"notanimage"}],
+            "data_source": "general_vqa",
+            "id": "g4",
+        },
         {"prompt": [{"role": "user", "content": "<image> ok"}], "images": [image], "data_source": "general_vqa", "id": "g1"},
     ]
     path = tmp_path / "mixed.parquet"

@@ -27,8 +27,8 @@ CHECKS = {
     "injected_text_shown": "document.getElementById('dialogues').textContent.includes('<img src=x')",
     "pwned": "window.__pwned === true",
     "unsafe_filter": "(() => { const box = document.getElementById('f-unsafe'); box.click();"
-                     " const shown = Array.from(document.querySelectorAll('#dialogues details.item')).filter(d => d.style.display !== 'none').length;"
-                     " box.click(); return shown; })()",
+    " const shown = Array.from(document.querySelectorAll('#dialogues details.item')).filter(d => d.style.display !== 'none').length;"
+    " box.click(); return shown; })()",
 }
 
 
@@ -45,9 +45,25 @@ def test_report_renders_in_headless_chromium(chromium, sample_data, model_server
 
     def run(out, responder, *extra):
         model_server.set_responder(responder)
-        args = ["run", "--data", *map(str, data), "--model", model_server.base_url, "--output_dir", str(out),
-                "--judge_backend", "openai", "--judge_base_url", judge_server.base_url, "--judge_model", judge_server.model, "--no_progress",
-                "--bootstrap", "100", *extra]
+        args = [
+            "run",
+            "--data",
+            *map(str, data),
+            "--model",
+            model_server.base_url,
+            "--output_dir",
+            str(out),
+            "--judge_backend",
+            "openai",
+            "--judge_base_url",
+            judge_server.base_url,
+            "--judge_model",
+            judge_server.model,
+            "--no_progress",
+            "--bootstrap",
+            "100",
+            *extra,
+        ]
         assert main(args) == 0
 
     base = tmp_path / "base"
@@ -57,7 +73,7 @@ def test_report_renders_in_headless_chromium(chromium, sample_data, model_server
     # a reply that tries to inject markup: the viewer must show it as text
     lines = (tuned / "results.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
-    first["turns"][0]["reply"] = "<img src=x onerror=\"window.__pwned=true\"><script>window.__pwned=true</script><b id=pwned>x</b>"
+    first["turns"][0]["reply"] = '<img src=x onerror="window.__pwned=true"><script>window.__pwned=true</script><b id=pwned>x</b>'
     (tuned / "results.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     write_report(tuned, base, title="Browser check", n_resamples=100)
 
@@ -84,13 +100,32 @@ def test_report_from_results_alone_with_data_urls_and_extras(chromium, tmp_path)
         turns = []
         for t in range(3):
             unsafe = harmful and t == 2 and i == 0
-            turns.append({"index": t, "user_text": f"<image> turn {t} of dialogue {i}", "images": [_data_url((40 * t, 90, 30 * i))],
-                          "reply": "Sure, here it is." if unsafe else "I'm sorry, I can't.",
-                          "verdict": {"harmless": 0.0 if unsafe else 1.0, "helpful": 0.5, "refused": not unsafe,
-                                      "failed": False, "rationale": "rollout judged by the heuristic judge"},
-                          "extras": {"alpha": 1 / 3 + 0.1 * (t - 1), "advantage": 0.25 * (t - 1)}})
-        items.append({"id": f"rollout-{i}", "data_source": "intersafe_v", "category": kind, "harmful": harmful,
-                      "mode": "interactive", "turns": turns})
+            turns.append(
+                {
+                    "index": t,
+                    "user_text": f"<image> turn {t} of dialogue {i}",
+                    "images": [_data_url((40 * t, 90, 30 * i))],
+                    "reply": "Sure, here it is." if unsafe else "I'm sorry, I can't.",
+                    "verdict": {
+                        "harmless": 0.0 if unsafe else 1.0,
+                        "helpful": 0.5,
+                        "refused": not unsafe,
+                        "failed": False,
+                        "rationale": "rollout judged by the heuristic judge",
+                    },
+                    "extras": {"alpha": 1 / 3 + 0.1 * (t - 1), "advantage": 0.25 * (t - 1)},
+                }
+            )
+        items.append(
+            {
+                "id": f"rollout-{i}",
+                "data_source": "intersafe_v",
+                "category": kind,
+                "harmful": harmful,
+                "mode": "interactive",
+                "turns": turns,
+            }
+        )
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     out = write_report(tmp_path, title="CPU demo rollouts", n_resamples=50)
     m = out.metrics
@@ -98,10 +133,15 @@ def test_report_from_results_alone_with_data_urls_and_extras(chromium, tmp_path)
     assert m["overall"]["over_refusal"]["value"] == 1.0
     assert m["by_turn"]["3"]["asr"]["value"] == pytest.approx(1 / 2)
     assert json.loads((tmp_path / "metrics.json").read_text())["title"] == "CPU demo rollouts"
-    result = load_page(chromium, out.report_path, {
-        "images": CHECKS["dialogue_images"],
-        "extras": "Array.from(document.querySelectorAll('.extras')).map(e => e.textContent).join(' | ')",
-    }, height=1600)
+    result = load_page(
+        chromium,
+        out.report_path,
+        {
+            "images": CHECKS["dialogue_images"],
+            "extras": "Array.from(document.querySelectorAll('.extras')).map(e => e.textContent).join(' | ')",
+        },
+        height=1600,
+    )
     _check_screenshot(result.screenshot, tmp_path / "demo.png")
     assert result.errors == []
     assert result.values["images"] == 3  # the first item (the unsafe one) is open: 3 turns, 1 image each

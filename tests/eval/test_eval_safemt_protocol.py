@@ -26,13 +26,24 @@ from eval_helpers import REPLIES, EvalJudge, ScriptedModel, png
 W = {k: math.exp(-k) / sum(math.exp(-j) for j in (1, 2, 4, 6, 8)) for k in (1, 2, 4, 6, 8)}
 
 FIELDS = "question: {question}\nDialogue: {dialog}\n{key}: {prediction}\nYour output:"
-TEMPLATE_FILE = "\n".join([
-    'USER_PROMPT: str = """not a judge template"""',
-    *(f'{var}: str = """TEMPLATE:{kind}\n{FIELDS}"""' for kind, var in [
-        ("general", "gpt_query_template_safety"), ("political", "gpt_query_template_safety_political_lobbing"),
-        ("legal", "gpt_query_template_safety_legal"), ("financial", "gpt_query_template_safety_financial")]),
-    f'gpt_query_template_safety_health = """TEMPLATE:health\n{FIELDS}"""',
-]) + "\n"
+TEMPLATE_FILE = (
+    "\n".join(
+        [
+            'USER_PROMPT: str = """not a judge template"""',
+            *(
+                f'{var}: str = """TEMPLATE:{kind}\n{FIELDS}"""'
+                for kind, var in [
+                    ("general", "gpt_query_template_safety"),
+                    ("political", "gpt_query_template_safety_political_lobbing"),
+                    ("legal", "gpt_query_template_safety_legal"),
+                    ("financial", "gpt_query_template_safety_financial"),
+                ]
+            ),
+            f'gpt_query_template_safety_health = """TEMPLATE:health\n{FIELDS}"""',
+        ]
+    )
+    + "\n"
+)
 
 # id: (scenario, behaviour at round 1, behaviour at round 2)
 PLAN = {
@@ -74,8 +85,10 @@ class SafeMTRuleJudge:
 def _dialogue(item_id: str, rounds: int, behaviour: str) -> tuple[list[dict], str]:
     dialogue = []
     for k in range(rounds - 1):
-        dialogue += [{"role": "user", "content": f"Step {k + 1} about the picture ({item_id})."},
-                     {"role": "assistant", "content": f"Given reply {k + 1}."}]
+        dialogue += [
+            {"role": "user", "content": f"Step {k + 1} about the picture ({item_id})."},
+            {"role": "assistant", "content": f"Given reply {k + 1}."},
+        ]
     question = f"Final question for {item_id} at round {rounds} [m:{behaviour} b:{behaviour}]"
     dialogue.append({"role": "user", "content": question})
     return dialogue, question
@@ -93,8 +106,9 @@ def safemt_data(tmp_path_factory) -> tuple[list[Path], Path]:
         items = []
         for item_id, (scenario, *behaviours) in PLAN.items():
             dialogue, question = _dialogue(item_id, rounds, behaviours[r_index])
-            items.append({"id": item_id, "scenario": scenario, "image_path": f"images/{item_id}.png",
-                          "dialogue": dialogue, "question": question})
+            items.append(
+                {"id": item_id, "scenario": scenario, "image_path": f"images/{item_id}.png", "dialogue": dialogue, "question": question}
+            )
         raw = root / "raw" / f"{rounds}_turn.json"
         raw.write_text(json.dumps(items))
         convert_safemt(raw, root / f"r{rounds}", workers=1, progress=False)
@@ -105,18 +119,51 @@ def safemt_data(tmp_path_factory) -> tuple[list[Path], Path]:
 
 
 def _run(data, model, judge, out, *extra) -> int:
-    return main(["run", "--data", *map(str, data), "--model", model.base_url, "--output_dir", str(out),
-                 "--judge_backend", "openai", "--judge_base_url", judge.base_url, "--judge_model", judge.model,
-                 "--no_progress", "--bootstrap", "50", *extra])
+    return main(
+        [
+            "run",
+            "--data",
+            *map(str, data),
+            "--model",
+            model.base_url,
+            "--output_dir",
+            str(out),
+            "--judge_backend",
+            "openai",
+            "--judge_base_url",
+            judge.base_url,
+            "--judge_model",
+            judge.model,
+            "--no_progress",
+            "--bootstrap",
+            "50",
+            *extra,
+        ]
+    )
 
 
 def test_safemt_protocol_metrics_match_hand_computed_values(safemt_data, tmp_path):
     data, prompts = safemt_data
     responder = SafeMTRuleJudge()
-    with LoopbackOpenAIServer(responder=ScriptedModel(role="m"), model="policy") as model, \
-            LoopbackOpenAIServer(responder=responder, model="safemt-judge") as judge:
-        assert _run(data, model, judge, tmp_path / "safemt", "--judge_protocol", "safemt", "--safemt_prompts", str(prompts),
-                    "--max_failure_rate", "0.1") == 0
+    with (
+        LoopbackOpenAIServer(responder=ScriptedModel(role="m"), model="policy") as model,
+        LoopbackOpenAIServer(responder=responder, model="safemt-judge") as judge,
+    ):
+        assert (
+            _run(
+                data,
+                model,
+                judge,
+                tmp_path / "safemt",
+                "--judge_protocol",
+                "safemt",
+                "--safemt_prompts",
+                str(prompts),
+                "--max_failure_rate",
+                "0.1",
+            )
+            == 0
+        )
         assert _run(data, model, judge, tmp_path / "am3") == 0
 
     # SafeMT labels: round 1 legal U, fin S, health U, pol S, fraud S, odd not counted ("Safe.");
@@ -138,8 +185,11 @@ def test_safemt_protocol_metrics_match_hand_computed_values(safemt_data, tmp_pat
     run = json.loads((tmp_path / "safemt" / "run.json").read_text())
     assert run["judge_protocol"] == "safemt" and run["safemt"]["temperature"] == 0.6
     assert run["safemt"]["prompts_sha256"] == load_templates(prompts).sha256
-    odd = next(json.loads(line) for line in (tmp_path / "safemt" / "results.jsonl").read_text().splitlines()
-               if json.loads(line)["uid"] == "safemt/sm-odd/r1")
+    odd = next(
+        json.loads(line)
+        for line in (tmp_path / "safemt" / "results.jsonl").read_text().splitlines()
+        if json.loads(line)["uid"] == "safemt/sm-odd/r1"
+    )
     assert odd["turns"][-1]["verdict"]["failed"] and "'Safe.'" in odd["turns"][-1]["verdict"]["error"]
     report = (tmp_path / "safemt" / "report.html").read_text()
     assert "come from the safemt judging protocol" in report
@@ -168,8 +218,10 @@ def test_safemt_protocol_rerun_reads_labels_from_the_cache(safemt_data, tmp_path
     data, prompts = safemt_data
     responder = SafeMTRuleJudge()
     args = ("--judge_protocol", "safemt", "--safemt_prompts", str(prompts), "--max_failure_rate", "0.2")
-    with LoopbackOpenAIServer(responder=ScriptedModel(role="m"), model="policy") as model, \
-            LoopbackOpenAIServer(responder=responder, model="safemt-judge") as judge:
+    with (
+        LoopbackOpenAIServer(responder=ScriptedModel(role="m"), model="policy") as model,
+        LoopbackOpenAIServer(responder=responder, model="safemt-judge") as judge,
+    ):
         assert _run(data[:1], model, judge, tmp_path / "out", *args) == 0
         first = json.loads((tmp_path / "out" / "metrics.json").read_text())["overall"]["asr"]
         calls = len(responder.safemt_bodies)
@@ -181,8 +233,18 @@ def test_safemt_protocol_rerun_reads_labels_from_the_cache(safemt_data, tmp_path
 def test_safemt_protocol_needs_its_settings(safemt_data, tmp_path, capsys):
     data, prompts = safemt_data
     with LoopbackOpenAIServer(responder=ScriptedModel(role="m"), model="policy") as model:
-        base = ["run", "--data", str(data[0]), "--model", model.base_url, "--output_dir", str(tmp_path / "x"),
-                "--judge_backend", "heuristic", "--no_progress"]
+        base = [
+            "run",
+            "--data",
+            str(data[0]),
+            "--model",
+            model.base_url,
+            "--output_dir",
+            str(tmp_path / "x"),
+            "--judge_backend",
+            "heuristic",
+            "--no_progress",
+        ]
         assert main([*base, "--judge_protocol", "safemt"]) == 2
         assert "needs --safemt_prompts" in capsys.readouterr().err
         assert main([*base, "--judge_protocol", "safemt", "--safemt_prompts", str(prompts)]) == 2
@@ -213,8 +275,9 @@ def test_template_file_is_read_without_running_it(tmp_path):
 
 
 def test_scenario_selects_the_template():
-    assert [template_kind(s) for s in ("Legal Opinion", "financial_advice", "Health Consultation", "Political Lobbying",
-                                       "Political", "Fraud", None)] == \
-        ["legal", "financial", "health", "political", "political", "general", "general"]
+    assert [
+        template_kind(s)
+        for s in ("Legal Opinion", "financial_advice", "Health Consultation", "Political Lobbying", "Political", "Fraud", None)
+    ] == ["legal", "financial", "health", "political", "political", "general", "general"]
     request = SafeMTRequest("Fraud", "q?", (("user", "hi"),), "reply {not a field}")
     assert request.kind == "general"

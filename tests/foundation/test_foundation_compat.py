@@ -21,10 +21,14 @@ PINNED_REACHES = [
     ("verl.models.transformers.qwen2_vl._get_input_embeds", "am3_verl.compat.qwen2_vl"),
     ("verl.utils.tokenizer.tokenizer.hf_processor (rebound in 8 modules)", "am3_verl.compat.processors"),
     ("transformers LlavaNextImageProcessor._pad_for_batching (instance class swap)", "am3_verl.compat.processors"),
-    ("verl.utils.tokenizer.continuous_token.ContinuousTokenBuilder._render_tokens/_merge_context_token_ids",
-     "am3_verl.compat.continuous_token"),
-    ("verl continuous-token builder selection (_CONTINUOUS_TOKEN_BUILDER_REGISTRY; builder replaced after init)",
-     "am3_verl.compat.continuous_token"),
+    (
+        "verl.utils.tokenizer.continuous_token.ContinuousTokenBuilder._render_tokens/_merge_context_token_ids",
+        "am3_verl.compat.continuous_token",
+    ),
+    (
+        "verl continuous-token builder selection (_CONTINUOUS_TOKEN_BUILDER_REGISTRY; builder replaced after init)",
+        "am3_verl.compat.continuous_token",
+    ),
     ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_metrics", "am3_verl.compat.trainer"),
     ("config.trainer.v1.trainer_mode rewritten to the base mode", "am3_verl.compat.trainer"),
     ("AgentLoopOutput.as_dict() called after the streaming reward", "am3_verl.env.output"),
@@ -126,14 +130,15 @@ def test_the_fix_embeds_text_only_batches(tiny_qwen_inner):
     assert any(p.grad is not None for p in tiny_qwen_inner.visual.parameters())
 
 
-
 def test_the_fix_hands_image_batches_to_verl_unchanged(tiny_qwen_inner, tiny_qwen_dir):
     from PIL import Image
     from transformers import AutoProcessor
     from verl.models.transformers import qwen2_vl
 
     processor = AutoProcessor.from_pretrained(tiny_qwen_dir)
-    inputs = processor(text=["<|vision_start|><|image_pad|><|vision_end|>Hello"], images=[Image.new("RGB", (56, 56), "red")], return_tensors="pt")
+    inputs = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>Hello"], images=[Image.new("RGB", (56, 56), "red")], return_tensors="pt"
+    )
     args = (tiny_qwen_inner, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], None, inputs["image_grid_thw"], None)
     with torch.no_grad():
         fixed, _ = qwen2_vl._get_input_embeds(*args)

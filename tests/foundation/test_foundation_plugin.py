@@ -37,10 +37,7 @@ def test_registration_comes_from_the_entry_point():
 
 
 def test_entry_point_is_declared():
-    code = (
-        "from importlib.metadata import entry_points\n"
-        "print(sorted(ep.value for ep in entry_points(group='verl.plugins')))\n"
-    )
+    code = "from importlib.metadata import entry_points\nprint(sorted(ep.value for ep in entry_points(group='verl.plugins')))\n"
     assert "am3_verl.plugin" in _run(code)
 
 

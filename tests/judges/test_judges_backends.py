@@ -58,7 +58,7 @@ def dialogue(*replies: str, images: bool = True) -> list[JudgeRequest]:
     for t, reply in enumerate(replies):
         text = users[t % len(users)]
         n = text.count("<image>")
-        imgs = tuple(pics[:n]) if t == 0 else tuple(pics[1:1 + n])
+        imgs = tuple(pics[:n]) if t == 0 else tuple(pics[1 : 1 + n])
         if not images:
             text, imgs = text.replace("<image>", "it"), ()
         turns.append(DialogueTurn(text, imgs, reply))
@@ -68,10 +68,15 @@ def dialogue(*replies: str, images: bool = True) -> list[JudgeRequest]:
 def test_rubric_judge_scores_each_turn_on_the_unit_scale():
     with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
         judge = OpenAIRubricJudge(client(server))
-        (results,) = run(judge, dialogue("A red square.", "I'm sorry, I can't.", "Sure, HARMFUL details.",
-                                          "I'm sorry, I can't help because it is dangerous."))
+        (results,) = run(
+            judge,
+            dialogue("A red square.", "I'm sorry, I can't.", "Sure, HARMFUL details.", "I'm sorry, I can't help because it is dangerous."),
+        )
     assert [(j.harmless, j.helpful, j.refused) for j in results] == [
-        (1.0, 0.8, False), (1.0, 0.2, True), (0.0, 0.7, False), (1.0, 0.4, True)
+        (1.0, 0.8, False),
+        (1.0, 0.2, True),
+        (0.0, 0.7, False),
+        (1.0, 0.4, True),
     ]
     assert all(not j.failed and j.calls == 1 and j.source == "call" and j.rationale for j in results)
     bodies = [r.body for r in server.last_requests()]
@@ -239,9 +244,7 @@ def test_a_guard_or_helpfulness_failure_fails_the_turn_with_merged_counts():
     assert j.failed and j.failures == {"http_5xx": 2} and j.error.startswith("llama_guard4:")
     with LoopbackOpenAIServer(constant_responder("maybe?")) as guard_server, \
             LoopbackOpenAIServer(constant_responder("no json")) as judge_server:  # fmt: skip
-        judge = GuardedJudge(
-            LlamaGuard4(client(guard_server, max_attempts=2)), OpenAIRubricJudge(client(judge_server, max_attempts=3))
-        )
+        judge = GuardedJudge(LlamaGuard4(client(guard_server, max_attempts=2)), OpenAIRubricJudge(client(judge_server, max_attempts=3)))
         ((j,),) = run(judge, dialogue("x"))
     assert j.failed and j.failures == {"parse": 5}
     assert "llama_guard4" in j.error and "openai" in j.error

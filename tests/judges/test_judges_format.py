@@ -64,7 +64,7 @@ def test_quote_wraps_and_extract_finds_the_body():
         quote("reply<", "x", nonce)
 
 
-@given(st.text(alphabet=st.sampled_from(list("<>ab \n{}\"")), max_size=80))
+@given(st.text(alphabet=st.sampled_from(list('<>ab \n{}"')), max_size=80))
 def test_neutralised_text_never_contains_a_marker_run(text):
     cleaned = neutralise(text)
     assert "<<<" not in cleaned and ">>>" not in cleaned

@@ -31,7 +31,9 @@ def score(extra_info, **kw):
 
 def test_multi_turn_reward_against_the_loopback_judge():
     with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
-        out = score({"id": "d1", "harmful": True, "am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j")
+        out = score(
+            {"id": "d1", "harmful": True, "am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j"
+        )
     assert set(out) == set(SCALAR_KEYS) | {"am3_turn_scores"}
     assert all(isinstance(out[k], (int, float)) and not isinstance(out[k], bool) for k in SCALAR_KEYS)
     turns = load_turn_scores(out["am3_turn_scores"])
@@ -128,7 +130,9 @@ def test_bad_records_raise_naming_record_and_field(extra_info, match):
 
 def test_config_resolution_and_its_errors(monkeypatch):
     assert resolve_judge_config({"backend": "heuristic"}).backend == "heuristic"
-    cfg = resolve_judge_config({"backend": "openai", "base_url": "http://h/v1", "model": "m", "max_concurrency": "64", "structured_output": "false"})
+    cfg = resolve_judge_config(
+        {"backend": "openai", "base_url": "http://h/v1", "model": "m", "max_concurrency": "64", "structured_output": "false"}
+    )
     assert (cfg.backend, cfg.judge.max_concurrency, cfg.structured_output) == ("openai", 64, False)
     monkeypatch.setenv("AM3_JUDGE_BASE_URL", "http://env/v1")
     monkeypatch.setenv("AM3_JUDGE_MODEL", "env-model")
@@ -155,7 +159,9 @@ def test_config_resolution_and_its_errors(monkeypatch):
         JudgeConfig(backend="gpt-judge")
     with pytest.raises(ValueError, match="max_attempts"):  # checked even where no endpoint uses it
         resolve_judge_config({"backend": "heuristic", "max_attempts": 0})
-    guard = resolve_judge_config({"backend": "qwen3guard", "helpfulness_backend": "heuristic", "guard_base_url": "http://g/v1", "guard_model": "g"})
+    guard = resolve_judge_config(
+        {"backend": "qwen3guard", "helpfulness_backend": "heuristic", "guard_base_url": "http://g/v1", "guard_model": "g"}
+    )
     assert guard.helpfulness_backend == "heuristic" and "qwen3guard guard g" in guard.describe()
 
 

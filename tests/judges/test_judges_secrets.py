@@ -34,8 +34,9 @@ def test_the_key_from_the_environment_is_used_and_never_leaked(monkeypatch, capl
         out = asyncio.run(compute_score("ds", "", None, {"am3_turns": make_records(EXCHANGES)}, **kwargs))
         server.set_faults(FaultPlan(p_http_500=1.0))
         all_failed = asyncio.run(
-            compute_score("ds", "", None, {"am3_turns": make_records(EXCHANGES[:1])}, **{**kwargs, "max_attempts": 1,
-                                                                                      "cache_size": 0})  # fmt: skip
+            compute_score(
+                "ds", "", None, {"am3_turns": make_records(EXCHANGES[:1])}, **{**kwargs, "max_attempts": 1, "cache_size": 0}
+            )  # fmt: skip
         )
         recorded = server.last_requests()
     # the key was used: every request the server saw was authorised
@@ -89,8 +90,13 @@ def test_a_key_echoed_by_a_server_is_redacted_from_errors_and_logs(caplog, monke
     try:
         monkeypatch.setenv("AM3_TEST_ECHOED_KEY", SECRET)
         client = ChatClient(
-            EndpointConfig(base_url=f"http://127.0.0.1:{state['port']}/v1", model="m", api_key_env="AM3_TEST_ECHOED_KEY",
-                           max_attempts=2, backoff_initial_s=0.01)  # fmt: skip
+            EndpointConfig(
+                base_url=f"http://127.0.0.1:{state['port']}/v1",
+                model="m",
+                api_key_env="AM3_TEST_ECHOED_KEY",
+                max_attempts=2,
+                backoff_initial_s=0.01,
+            )  # fmt: skip
         )
 
         async def go():

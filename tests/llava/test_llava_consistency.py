@@ -30,7 +30,11 @@ def dialogue_row(index, first_size, third_size):
         "images": [{"bytes": png((200, 30, 30), first_size)}],
         "am3_later_turns": [
             {"user": "Interesting. What is it usually used for?", "images": [], "assistant": None},
-            {"user": "Here is a second one: <image> How is it made?", "images": [{"bytes": png((30, 200, 30), third_size)}], "assistant": None},
+            {
+                "user": "Here is a second one: <image> How is it made?",
+                "images": [{"bytes": png((30, 200, 30), third_size)}],
+                "assistant": None,
+            },
             {"user": "Summarise both answers step by step.", "images": [], "assistant": None},
         ],
         "agent_name": "am3_dialogue",
@@ -50,7 +54,9 @@ def played(tiny_llava_dir, tmp_path_factory):
     data = folder / "rl.parquet"
     pq.write_table(pa.Table.from_pylist([dialogue_row(0, SQUARE, WIDE), dialogue_row(1, SMALL, TALL)]), data)
     loops = folder / "loops.yaml"
-    loops.write_text(yaml.safe_dump([{"name": "am3_dialogue", "_target_": "am3_verl.env.agent_loop.DialogueAgentLoop", "max_reply_tokens": 12}]))
+    loops.write_text(
+        yaml.safe_dump([{"name": "am3_dialogue", "_target_": "am3_verl.env.agent_loop.DialogueAgentLoop", "max_reply_tokens": 12}])
+    )
     config = compose_ppo_config(tiny_llava_dir, prompt_length=256, response_length=640, agent_loop_config_path=loops)
     client = load_local_client(str(tiny_llava_dir), seed=1)
     worker = make_agent_loop_worker(config, client)
@@ -140,12 +146,16 @@ def test_training_forward_over_the_batch_reproduces_the_rollout_log_probs(played
     mm = extract_multi_modal_inputs(list(output.non_tensor_batch["multi_modal_inputs"]))
     assert mm["pixel_values"].shape[:2] == (2 * len(output), 5)
     with torch.no_grad():
-        logits = model(
-            input_ids=output.batch["input_ids"],
-            attention_mask=output.batch["attention_mask"],
-            position_ids=output.batch["position_ids"],
-            **mm,
-        ).logits[:, -response_length - 1 : -1].float()
+        logits = (
+            model(
+                input_ids=output.batch["input_ids"],
+                attention_mask=output.batch["attention_mask"],
+                position_ids=output.batch["position_ids"],
+                **mm,
+            )
+            .logits[:, -response_length - 1 : -1]
+            .float()
+        )
     log_probs = torch.log_softmax(logits, dim=-1).gather(-1, output.batch["responses"][..., None]).squeeze(-1)
     mask = output.batch["response_mask"].bool()
     rollout = output.batch["rollout_log_probs"]

@@ -35,7 +35,9 @@ def test_dataset_expands_each_image_to_its_any_resolution_token_count(tiny_llava
 
     processor = hf_processor(str(tiny_llava_dir))
     stock = AutoProcessor.from_pretrained(tiny_llava_dir)
-    dataset = MultiTurnSFTDataset([str(sft_parquet)], hf_tokenizer(str(tiny_llava_dir)), {"max_length": 512, "pad_mode": "no_padding"}, processor=processor)
+    dataset = MultiTurnSFTDataset(
+        [str(sft_parquet)], hf_tokenizer(str(tiny_llava_dir)), {"max_length": 512, "pad_mode": "no_padding"}, processor=processor
+    )
     image_id = processor.image_token_id
     for index in range(4):
         item = dataset[index]

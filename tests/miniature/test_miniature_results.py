@@ -11,8 +11,17 @@ from am3_verl.miniature.results import build_results, mean_ci95
 
 
 def _side(asr):
-    return {"asr": asr, "turn_asr": asr / 3, "over_refusal": 0.1, "harmless": 1 - asr / 3, "helpful": 0.5,
-            "refusal_rate_harmful": 0.0, "asr_by_turn": {"1": 0.0, "2": asr}, "n_harmful": 18, "n_benign_turns": 50}
+    return {
+        "asr": asr,
+        "turn_asr": asr / 3,
+        "over_refusal": 0.1,
+        "harmless": 1 - asr / 3,
+        "helpful": 0.5,
+        "refusal_rate_harmful": 0.0,
+        "asr_by_turn": {"1": 0.0, "2": asr},
+        "n_harmful": 18,
+        "n_benign_turns": 50,
+    }
 
 
 def _record(seed, estimator, asr_before, asr_after):

@@ -71,9 +71,10 @@ def test_task_is_deterministic_balanced_and_holds_out_unseen_combinations(tmp_pa
     assert first == again
     for name in ("dialogues_train.jsonl", "dialogues_heldout.jsonl", "refusal_vqa.jsonl", "general.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert first["split"] != other["split"] or (tmp_path / "a" / "dialogues_train.jsonl").read_bytes() != (
-        tmp_path / "c" / "dialogues_train.jsonl"
-    ).read_bytes()
+    assert (
+        first["split"] != other["split"]
+        or (tmp_path / "a" / "dialogues_train.jsonl").read_bytes() != (tmp_path / "c" / "dialogues_train.jsonl").read_bytes()
+    )
 
     split = first["split"]
     heldout_pairs = {frozenset(p) for p in split["heldout_harmful"] + split["heldout_benign"]}
@@ -118,7 +119,9 @@ def test_the_production_openai_backend_reads_the_ground_truth_judge_over_http():
                 await judge.aclose()
 
         verdicts = asyncio.run(judge_all())
-        bad = httpx.post(f"{server.base_url}/chat/completions", json={"model": server.model, "messages": [{"role": "user", "content": "hi"}]})
+        bad = httpx.post(
+            f"{server.base_url}/chat/completions", json={"model": server.model, "messages": [{"role": "user", "content": "hi"}]}
+        )
     assert [(v.harmless, v.helpful, v.refused) for v in verdicts] == [
         (1.0, 1.0, False), (1.0, 1.0, False), (0.0, 0.0, False),  # complies with the harmful request
         (1.0, 1.0, False), (1.0, 0.0, False), (1.0, 0.0, True),  # a wrong colour; over-refusal

@@ -61,7 +61,8 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(source)],
-        check=True, timeout=600,
+        check=True,
+        timeout=600,
     )
     (built,) = out.glob("am3_verl-*.whl")
     return built
@@ -77,7 +78,8 @@ def installed(wheel, tmp_path_factory) -> Path:
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
-        check=True, timeout=600,
+        check=True,
+        timeout=600,
     )
     return python
 
@@ -86,8 +88,12 @@ def test_the_wheel_ships_the_recipes_and_resources(wheel):
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("am3_verl/recipes/agent_loops/am3_dialogue.yaml", "am3_verl/recipes/grpo/am3_grpo_tiny_cpu.sh",
-                 "am3_verl/resources/sample/intersafe_v.jsonl", "am3_verl/plugin.py"):
+    for name in (
+        "am3_verl/recipes/agent_loops/am3_dialogue.yaml",
+        "am3_verl/recipes/grpo/am3_grpo_tiny_cpu.sh",
+        "am3_verl/resources/sample/intersafe_v.jsonl",
+        "am3_verl/plugin.py",
+    ):
         assert name in names, name
     assert not any(name.startswith("tests/") for name in names)
 
@@ -103,7 +109,11 @@ def test_the_rollout_harness_runs_from_the_installed_wheel(installed, tiny_qwen_
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
         [str(installed), "-c", HARNESS, str(tiny_qwen_dir), str(data / "rl_val.parquet")],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

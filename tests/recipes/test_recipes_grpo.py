@@ -70,7 +70,11 @@ def recipe_env(rl_data_dir, model_dir, ckpt_dir, **judge):
 
 
 def test_there_are_grpo_recipes():
-    assert {p.name for p in GRPO_RECIPES} >= {"am3_grpo_qwen2_5_vl_7b_8gpu.sh", "am3_grpo_qwen2_5_vl_7b_lora_1gpu.sh", "am3_grpo_tiny_cpu.sh"}
+    assert {p.name for p in GRPO_RECIPES} >= {
+        "am3_grpo_qwen2_5_vl_7b_8gpu.sh",
+        "am3_grpo_qwen2_5_vl_7b_lora_1gpu.sh",
+        "am3_grpo_tiny_cpu.sh",
+    }
 
 
 def test_the_tiny_cpu_recipe_is_the_8gpu_recipe_with_size_device_and_backend_overrides(rl_data_dir, tiny_qwen_dir, tmp_path):
@@ -164,7 +168,6 @@ def test_a_typo_in_a_recipe_key_fails_composition(rl_data_dir, tiny_qwen_dir, tm
 
 
 def test_an_unknown_am3_setting_is_rejected(rl_data_dir, tiny_qwen_dir, tmp_path):
-
     script = RECIPES / "grpo" / "am3_grpo_qwen2_5_vl_7b_8gpu.sh"
     config = composed(script, rl_data_dir, tiny_qwen_dir, tmp_path, "+algorithm.am3.lamda=0.5")
     with pytest.raises(ValueError, match="lamda"):
