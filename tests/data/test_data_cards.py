@@ -102,9 +102,9 @@ def test_builder_folder_card_loads_with_datasets(tmp_path):
     sys.path.insert(0, str(BUILDER_TESTS))
     from builder_helpers import config, write_seeds  # the builder tests' config and seed writer
 
-    from am3_verl.builder.loopback import LoopbackImagesServer, ScriptedBuilderModels
+    from am3_verl.testing.builder_loopback import LoopbackImagesServer, ScriptedBuilderModels
     from am3_verl.builder.pipeline import build
-    from am3_verl.local.openai_server import LoopbackOpenAIServer
+    from am3_verl.testing.openai_server import LoopbackOpenAIServer
 
     seeds = write_seeds(
         tmp_path,

@@ -13,7 +13,7 @@ import pytest
 from am3_verl.data.sample import SAMPLE_DIR
 from am3_verl.eval.cli import main
 from am3_verl.eval.general import contains_match, exact_match, normalise
-from am3_verl.local.openai_server import LoopbackOpenAIServer, request_text
+from am3_verl.testing.openai_server import LoopbackOpenAIServer, request_text
 
 GENERAL = SAMPLE_DIR / "general.jsonl"
 ANSWERS = {  # question -> the model's reply; (exact_match, contains_match) noted for the short-answer items

@@ -20,7 +20,7 @@ import pytest
 from am3_verl.data.safemt import convert_safemt
 from am3_verl.eval.cli import main
 from am3_verl.eval.safemt_protocol import SafeMTRequest, load_templates, template_kind
-from am3_verl.local.openai_server import LoopbackOpenAIServer, request_text
+from am3_verl.testing.openai_server import LoopbackOpenAIServer, request_text
 from eval_helpers import REPLIES, EvalJudge, ScriptedModel, png
 
 W = {k: math.exp(-k) / sum(math.exp(-j) for j in (1, 2, 4, 6, 8)) for k in (1, 2, 4, 6, 8)}
