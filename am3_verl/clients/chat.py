@@ -6,7 +6,8 @@ Nothing here knows about judging. Results carry failures instead of raising, and
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+import asyncio
+from typing import Any, Awaitable, Callable, TypeVar
 
 from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.clients.transport import Failure, Result, Transport
@@ -20,10 +21,13 @@ ChatResult = Result
 class ChatClient:
     """A retrying chat-completions client for one endpoint; safe to share across concurrent tasks."""
 
-    def __init__(self, endpoint: EndpointConfig, *, retry_parse_errors: bool = True) -> None:
-        """``retry_parse_errors``: retry when ``parse`` rejects an answer (a sampling judge may answer well next time)."""
+    def __init__(
+        self, endpoint: EndpointConfig, *, retry_parse_errors: bool = True, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        """``retry_parse_errors``: retry when ``parse`` rejects an answer (a sampling judge may answer well next time).
+        ``sleep`` waits between attempts (tests pass a recorder instead of waiting)."""
         self.endpoint = endpoint
-        self.transport = Transport(endpoint, "/chat/completions", retry_rejected=retry_parse_errors)
+        self.transport = Transport(endpoint, "/chat/completions", retry_rejected=retry_parse_errors, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"ChatClient({self.endpoint!r})"

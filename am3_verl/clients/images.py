@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 CACHE_BUDGET_BYTES = 128 * 1024**2
 """Upper bound on the total length of cached data URLs."""
@@ -32,8 +32,18 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<b64>.*)$",
 _lock = threading.Lock()
 _cache: OrderedDict[bytes, str] = OrderedDict()
 _cache_size = 0
-encode_count = 0
-"""How many encodings this process has performed (cache misses); for tests and benchmarks."""
+_hits = 0
+_misses = 0
+
+
+class CacheInfo(NamedTuple):
+    """The data-URL cache's counters, like ``functools.lru_cache``'s ``cache_info()``."""
+
+    hits: int
+    misses: int
+    """Encodings performed (each distinct image once while it stays cached)."""
+    entries: int
+    size_bytes: int
 
 
 def sniff_mime(data: bytes) -> str:
@@ -48,15 +58,16 @@ def sniff_mime(data: bytes) -> str:
 
 def image_data_url(data: bytes) -> str:
     """``data:<mime>;base64,...`` for ``data`` (cached); raises ``ValueError`` for unknown formats."""
-    global _cache_size, encode_count
+    global _cache_size, _hits, _misses
     with _lock:
         url = _cache.get(data)
         if url is not None:
+            _hits += 1
             _cache.move_to_end(data)
             return url
     url = f"data:{sniff_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
     with _lock:
-        encode_count += 1
+        _misses += 1
         if data not in _cache:
             _cache[data] = url
             _cache_size += len(url)
@@ -66,12 +77,18 @@ def image_data_url(data: bytes) -> str:
     return url
 
 
-def clear_cache() -> None:
-    """Forget every cached encoding (tests)."""
-    global _cache_size
+def cache_info() -> CacheInfo:
+    """Hits, misses (encodings performed), entries and bytes of the process-wide data-URL cache."""
+    with _lock:
+        return CacheInfo(_hits, _misses, len(_cache), _cache_size)
+
+
+def cache_clear() -> None:
+    """Forget every cached encoding and reset the counters (like ``functools.lru_cache``'s ``cache_clear``)."""
+    global _cache_size, _hits, _misses
     with _lock:
         _cache.clear()
-        _cache_size = 0
+        _cache_size = _hits = _misses = 0
 
 
 def decode_data_url(url: str) -> bytes | None:

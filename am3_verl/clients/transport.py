@@ -34,7 +34,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Generic, Mapping, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Mapping, TypeVar
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -109,10 +109,18 @@ def redact(text: str, secret: str | None) -> str:
 class Transport:
     """POSTs to ``{base_url}{path}`` of one endpoint with retries; safe to share across concurrent tasks."""
 
-    def __init__(self, endpoint: EndpointConfig, path: str, *, retry_rejected: bool = True) -> None:
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        path: str,
+        *,
+        retry_rejected: bool = True,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """``retry_rejected``: retry when the caller's ``read`` rejects an answer with ``ValueError`` (a
-        sampling model may answer well next time)."""
+        sampling model may answer well next time). ``sleep`` waits between attempts (tests pass a recorder)."""
         self.endpoint = endpoint
+        self._sleep = sleep
         self.url = endpoint.base_url.rstrip("/") + path
         self.retry_rejected = retry_rejected
         self._api_key = endpoint.api_key()
@@ -141,6 +149,7 @@ class Transport:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.endpoint.max_attempts),
             wait=self._wait,
+            sleep=self._sleep,
             retry=retry_if_exception(lambda exc: isinstance(exc, Failure) and exc.retryable),
             reraise=True,
         )

@@ -126,9 +126,9 @@ def main() -> None:
     base = {"backend": "openai", "model": "loopback-judge", "max_concurrency": CONCURRENCY, "timeout_s": 5.0}
 
     with LoopbackOpenAIServerProcess(RuleJudgeResponder(), FaultPlan(latency_s=LATENCY_S), model="loopback-judge") as server:
-        judge_images.clear_cache()
+        judge_images.cache_clear()
         clean = run(server, dialogues, {**base, "base_url": server.base_url}, "clean")
-        encodes = judge_images.encode_count
+        encodes = judge_images.cache_info().misses
 
         faults = FaultPlan(
             latency_s=LATENCY_S,

@@ -12,10 +12,10 @@ from am3_verl.clients import images as judge_images
 def fresh_judges():
     """Each test starts without process-wide judges or cached image encodings from earlier tests."""
     judge_config._JUDGES.clear()
-    judge_images.clear_cache()
+    judge_images.cache_clear()
     yield
     judge_config._JUDGES.clear()
-    judge_images.clear_cache()
+    judge_images.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -84,15 +84,14 @@ def test_rubric_judge_scores_each_turn_on_the_unit_scale():
 
 
 def test_images_are_sent_as_data_urls_and_encoded_once_per_process():
-    judge_images.clear_cache()
-    before = judge_images.encode_count
+    judge_images.cache_clear()
     with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
         run(OpenAIRubricJudge(client(server)), dialogue("a", "b", "c", "d"))
         bodies = sorted((r.body for r in server.last_requests()), key=lambda b: len(json.dumps(b)))
     # turn t's context carries every earlier image: 1, 1, 2, 2 images
     assert [len(request_images(b)) for b in bodies] == [1, 1, 2, 2]
     assert request_images(bodies[-1]) == [make_png("red"), make_png("blue")]
-    assert judge_images.encode_count - before == 2  # two distinct images, each base64-encoded once
+    assert judge_images.cache_info().misses == 2  # two distinct images, each base64-encoded once
 
 
 def test_identical_requests_in_a_batch_and_across_concurrent_batches_are_judged_once():

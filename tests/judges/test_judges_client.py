@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -15,10 +14,11 @@ from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, cons
 MESSAGES = [{"role": "user", "content": "ping"}]
 
 
-def client_for(server: LoopbackOpenAIServer, retry_parse_errors: bool = True, **overrides) -> ChatClient:
+def client_for(server: LoopbackOpenAIServer, retry_parse_errors: bool = True, sleep=None, **overrides) -> ChatClient:
     settings = dict(base_url=server.base_url, model="m", timeout_s=2.0, backoff_initial_s=0.01, backoff_max_s=0.05)
     settings.update(overrides)
-    return ChatClient(EndpointConfig(**settings), retry_parse_errors=retry_parse_errors)
+    extra = {} if sleep is None else {"sleep": sleep}
+    return ChatClient(EndpointConfig(**settings), retry_parse_errors=retry_parse_errors, **extra)
 
 
 def complete(client: ChatClient, messages=MESSAGES, **kw):
@@ -61,12 +61,11 @@ def test_each_fault_kind_is_retried_and_counted(fault, kind):
         assert server.stats().total == 3
 
 
-@pytest.mark.slow  # waits out real latency and checks the wall clock
 def test_added_latency_is_waited_out_not_retried():
     with LoopbackOpenAIServer(constant_responder("slow"), FaultPlan(schedule=["latency"], added_latency_s=0.3)) as server:
-        start = time.perf_counter()
         result = complete(client_for(server, timeout_s=2.0))
-        assert result.ok and result.attempts == 1 and time.perf_counter() - start >= 0.3
+        assert result.ok and result.attempts == 1 and result.content == "slow"
+        assert server.stats().faults["latency"] == 1 and server.stats().total == 1
 
 
 def test_exhausted_retries_return_a_failed_result_with_counts():
@@ -115,13 +114,21 @@ def test_parse_errors_are_retried_then_reported():
         assert not result.ok and result.attempts == 1
 
 
-@pytest.mark.slow  # waits out a real Retry-After and checks the wall clock
 def test_retry_after_header_is_honoured():
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
     plan = FaultPlan(schedule=["http_429", "ok"], retry_after_s=0.4)
     with LoopbackOpenAIServer(constant_responder("x"), plan) as server:
-        start = time.perf_counter()
-        result = complete(client_for(server, backoff_max_s=1.0))
-        assert result.ok and time.perf_counter() - start >= 0.4
+        result = complete(client_for(server, backoff_max_s=1.0, sleep=record))
+        assert result.ok and result.attempts == 2 and len(waits) == 1 and 0.4 <= waits[0] <= 1.0
+    plan = FaultPlan(schedule=["http_429", "ok"], retry_after_s=30.0)
+    with LoopbackOpenAIServer(constant_responder("x"), plan) as server:
+        waits.clear()
+        assert complete(client_for(server, backoff_max_s=1.0, sleep=record)).ok
+        assert waits == [1.0]  # a Retry-After beyond backoff_max_s is capped
 
 
 def test_connection_refused_is_a_connect_failure():
