@@ -23,7 +23,7 @@
 #     Qwen-VL's vision path only; ppo_max_token_len_per_gpu=24576 for the longer sequences.
 # Extra key=value arguments replace the values below.
 set -euo pipefail
-RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"  # -P: the checkout's recipes/, also when called through am3_verl/recipes
 source "$RECIPES/lib.sh"
 
 DATA_DIR=${DATA_DIR:-$HOME/data/am3}

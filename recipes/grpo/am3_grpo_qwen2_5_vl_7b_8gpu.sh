@@ -11,7 +11,7 @@
 # (whole dialogues must fit data.max_response_length).
 # Extra key=value arguments replace the values below.
 set -euo pipefail
-RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"  # -P: the checkout's recipes/, also when called through am3_verl/recipes
 source "$RECIPES/lib.sh"
 
 DATA_DIR=${DATA_DIR:-$HOME/data/am3}

@@ -6,7 +6,7 @@
 # (any OpenAI-compatible VLM works; a smaller judge such as Qwen2.5-VL-32B fits on 2 GPUs).
 # Data and what to watch: as the 8-GPU recipe. Differences are commented below.
 set -euo pipefail
-RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"  # -P: the checkout's recipes/, also when called through am3_verl/recipes
 source "$RECIPES/lib.sh"
 
 DATA_DIR=${DATA_DIR:-$HOME/data/am3}

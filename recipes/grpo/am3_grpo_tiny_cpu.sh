@@ -10,7 +10,7 @@
 # such). There is no default.
 # Extra key=value arguments replace the values below and the 8-GPU recipe's.
 set -euo pipefail
-RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RECIPES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"  # -P: the checkout's recipes/, also when called through am3_verl/recipes
 REPO_DIR="$(dirname "$RECIPES")"
 
 : "${AM3_JUDGE_BACKEND:?set AM3_JUDGE_BACKEND=openai (with AM3_JUDGE_BASE_URL, AM3_JUDGE_MODEL) or AM3_JUDGE_BACKEND=heuristic}"

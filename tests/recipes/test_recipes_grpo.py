@@ -5,6 +5,8 @@ CPU can prove: every key exists and validates (verl's own ``validate_config`` an
 and the agent loop, reward function, advantage estimator and trainer mode they name all import.
 """
 
+from pathlib import Path
+
 import hydra
 import pytest
 from omegaconf import OmegaConf
@@ -194,3 +196,14 @@ def test_a_grpo_recipe_takes_its_trackers_from_am3_logger(script, rl_data_dir, t
         assert "am3-verl: trainer.logger=[console,wandb] (the recipe default; set AM3_LOGGER to change it)" in default.stderr
     typo = run(AM3_LOGGER="console,tensorbord")
     assert typo.returncode != 0 and "tensorbord" in typo.stderr and not typo.stdout
+
+
+@pytest.mark.parametrize("name", ["am3_grpo_tiny_cpu.sh", "am3_grpo_qwen2_5_vl_7b_8gpu.sh"])
+def test_a_recipe_found_as_package_data_names_the_checkouts_files(name, rl_data_dir, tiny_qwen_dir, tmp_path):
+    """The stages (demo, miniature) launch recipes through ``am3_verl.packaged``: every file a recipe names must exist."""
+    from am3_verl.packaged import recipe
+
+    overrides = recipe_overrides(recipe("grpo", name), recipe_env(rl_data_dir, tiny_qwen_dir, tmp_path))
+    named = {key: value for key, _, value in (o.partition("=") for o in overrides)}
+    for key in ("reward.custom_reward_function.path", "actor_rollout_ref.rollout.agent.agent_loop_config_path"):
+        assert Path(named[key].strip("'\"")).is_file(), f"{key}={named[key]}"
