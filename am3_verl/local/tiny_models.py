@@ -145,8 +145,19 @@ def build_qwen2_tokenizer(extra_special_tokens: tuple[str, ...] = ()):
     return tokenizer
 
 
-def build_tiny_qwen2_5_vl(output_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random Qwen2.5-VL (model, tokenizer, processor) to ``output_dir`` and return the path."""
+def build_tiny_qwen2_5_vl(
+    output_dir: str | os.PathLike, seed: int = 0, *, hidden_size: int = 64, num_layers: int = 2, vision_hidden_size: int = 32
+) -> Path:
+    """Write a tiny random Qwen2.5-VL (model, tokenizer, processor) to ``output_dir`` and return the path.
+
+    The defaults are the test model (hidden 64, 2 layers, vision hidden 32); the miniature experiment
+    builds a wider one. ``hidden_size`` must be a multiple of 32 (4 heads of an even, 4-divisible size)."""
+    heads = 4
+    if hidden_size % (heads * 8):
+        raise ValueError(f"hidden_size must be a multiple of {heads * 8}, got {hidden_size}")
+    half_head = hidden_size // heads // 2
+    temporal = half_head // 4
+    mrope_section = [temporal, (half_head - temporal) // 2, half_head - temporal - (half_head - temporal) // 2]
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -163,13 +174,13 @@ def build_tiny_qwen2_5_vl(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
             num_key_value_heads=2,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
             bos_token_id=151643,
             eos_token_id=151645,
             pad_token_id=151643,
@@ -177,10 +188,10 @@ def build_tiny_qwen2_5_vl(output_dir: str | os.PathLike, seed: int = 0) -> Path:
         ),
         vision_config=dict(
             depth=2,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
             num_heads=2,
-            out_hidden_size=64,
+            out_hidden_size=hidden_size,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,

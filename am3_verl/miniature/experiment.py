@@ -51,17 +51,21 @@ class MiniatureConfig:
     output_dir: Path
     seeds: int = 3
     estimators: tuple[str, ...] = ("am3_grpo", "grpo", "min_mean")
-    steps: int = 10
+    steps: int = 12
     """GRPO steps per run."""
     prompts: int = 4
     """Dialogues per GRPO step."""
-    rollouts: int = 4
-    """Rollouts per dialogue (the GRPO group)."""
-    lr: float = 1e-3
-    """GRPO learning rate."""
-    sft_steps: int = 100
+    rollouts: int = 8
+    """Rollouts per dialogue (the GRPO group; the paper's 8)."""
+    lr: float = 3e-4
+    """GRPO learning rate (1e-3 collapses the policy onto one word of the refusal)."""
+    sft_steps: int = 150
     sft_batch_size: int = 16
-    sft_lr: float = 6e-3
+    sft_lr: float = 3e-3
+    hidden_size: int = 128
+    num_layers: int = 4
+    vision_hidden_size: int = 64
+    """The policy's size: the test model (64 / 2 / 32) learns the reply templates but not to read colours."""
     max_reply_tokens: int = 24
     """Reply cap at evaluation (training: recipes/agent_loops/am3_dialogue_tiny.yaml)."""
     first_seed: int = 0
@@ -132,7 +136,9 @@ def run_seed(cfg: MiniatureConfig, seed: int, judge: GroundTruthJudgeServer, clo
     started = time.perf_counter()
     task = generate_task(root / "task", seed)
     data = prepare_data(root / "task", root / "data")
-    base_model = build_tiny_qwen2_5_vl(root / "base_model", seed=seed)
+    base_model = build_tiny_qwen2_5_vl(
+        root / "base_model", seed=seed, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, vision_hidden_size=cfg.vision_hidden_size
+    )
     clock.add("data and base model", started)
 
     started = time.perf_counter()
