@@ -27,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint
-	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q
+	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q -m "not slow"

@@ -24,6 +24,7 @@ from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 from am3_verl.advantage.config import CONFIG_KEY, Am3AdvantageConfig
 from am3_verl.advantage.estimator import ESTIMATOR_NAME, compute_am3, take_last_computation
 from am3_verl.advantage.metrics import am3_metrics, logprob_agreement_metrics, turn_scores_record
+from am3_verl.advantage.turn_score_dump import write_step_turn_scores
 from am3_verl.compat.trainer import StepMetricsHook
 
 STEP_FIELDS = ["uid", "response_mask", "extra_fields"]
@@ -37,15 +38,17 @@ LOGPROB_FIELDS = ["rollout_log_probs", "old_log_probs"]
 class Am3MetricsMixin(StepMetricsHook):
     """Adds ``am3/*`` metrics to each training step; put it before a verl ``PPOTrainer`` subclass."""
 
-    def step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+    def step_metrics(self, batch: KVBatchMeta, global_steps: int) -> dict[str, float]:
         """See :meth:`compute_am3_step_metrics`."""
-        return self.compute_am3_step_metrics(batch)
+        return self.compute_am3_step_metrics(batch, global_steps)
 
-    def compute_am3_step_metrics(self, batch: KVBatchMeta) -> dict[str, float]:
+    def compute_am3_step_metrics(self, batch: KVBatchMeta, global_steps: int) -> dict[str, float]:
         """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none.
 
         With ``algorithm.adv_estimator=am3_grpo`` they come from the estimator's computation of this step;
         a step whose estimator did not hand one over for exactly these rows raises ``RuntimeError``.
+        With ``trainer.rollout_data_dir`` set, the rows' per-turn scores are also dumped there
+        (:mod:`am3_verl.advantage.turn_score_dump`).
         """
         real = [not tag.get("is_padding", False) for tag in batch.tags]
         if not any(real):
@@ -72,6 +75,9 @@ class Am3MetricsMixin(StepMetricsHook):
         rows = torch.tensor(real)
         records = [turn_scores_record(extra) for extra, keep in zip(extra_fields, real) if keep]
         metrics = am3_metrics(computation, cfg, records, rows=rows)
+        rollout_data_dir = config.trainer.get("rollout_data_dir", None)
+        if rollout_data_dir:
+            write_step_turn_scores(rollout_data_dir, global_steps, computation.decoded, uid, rows)
         if with_logprobs:
             mask = padded["response_mask"][rows]
             metrics.update(logprob_agreement_metrics(padded["rollout_log_probs"][rows], padded["old_log_probs"][rows], mask))

@@ -37,8 +37,8 @@ class StepMetricsHook:
 
     def _compute_metrics(self, batch: Any, metrics: dict, timing_raw: dict, global_steps: int, epoch: int):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)  # type: ignore[misc]
-        metrics.update(self.step_metrics(batch))
+        metrics.update(self.step_metrics(batch, global_steps))
 
-    def step_metrics(self, batch: Any) -> dict[str, float]:
-        """The metrics to add for the step's ``batch`` (a ``KVBatchMeta``); override."""
+    def step_metrics(self, batch: Any, global_steps: int) -> dict[str, float]:
+        """The metrics to add for step ``global_steps``'s ``batch`` (a ``KVBatchMeta``); override."""
         raise NotImplementedError

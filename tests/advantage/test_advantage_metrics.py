@@ -34,6 +34,7 @@ def padded_rows(outputs):
 
 def test_metrics_match_the_records(tokenizer):
     outputs = dialogue_outputs(tokenizer, seed=29, group_sizes=[8, 8, 4], p_fail=0.2)
+    outputs += dialogue_outputs(tokenizer, seed=30, group_sizes=[4], p_truncate=0.0, p_fail=0.2)  # a same-length group
     rewards, mask, index = padded_rows(outputs)
     records = [turn_scores_record(o.extra_fields) for _, _, o in outputs]
     cfg = Am3AdvantageConfig(tau=0.6, unsafe_threshold=0.4)
@@ -55,6 +56,12 @@ def test_metrics_match_the_records(tokenizer):
     assert metrics["am3/rollouts_without_turns"] == 0
     assert metrics["am3/refusal_unknown_rollouts"] == 0
     assert metrics["am3/assistant_turns/mean"] == pytest.approx(np.mean([len(r) for r in records]))
+    lengths_by_group: dict = {}
+    for uid, record in zip(index, records):
+        lengths_by_group.setdefault(uid, set()).add(len(record))
+    mixed = np.mean([len(lengths) > 1 for lengths in lengths_by_group.values()])
+    assert 0 < mixed < 1, "the fixture should hold both same-length and mixed-length groups"
+    assert metrics["am3/groups/mixed_length_fraction"] == pytest.approx(mixed)
 
     ref = reference_am3(rewards.tolist(), mask.tolist(), list(index), tau=0.6)
     assert metrics["am3/reward/mean"] == pytest.approx(np.mean([r for r, s in zip(ref.rewards, ref.scored) if s]), abs=1e-6)

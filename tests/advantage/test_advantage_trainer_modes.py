@@ -29,6 +29,7 @@ import am3_verl.advantage as am3_advantage
 from adv_reference import reference_am3
 from adv_rows import dialogue_outputs
 from am3_verl.advantage.config import Am3AdvantageConfig
+from am3_verl.advantage.turn_score_dump import read_turn_score_dumps
 from am3_verl.advantage.metrics import compute_am3_metrics, turn_scores_record
 from am3_verl.advantage.trainer_modes import TRAINER_MODES
 
@@ -95,7 +96,7 @@ def test_register_is_idempotent_and_modes_map_to_verl_classes():
     assert issubclass(get_trainer_cls("am3_sync"), PPOTrainerSync)
 
 
-def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeypatch):
+def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeypatch, tmp_path):
     from am3_verl.advantage import variants
 
     am3_advantage.register()
@@ -109,6 +110,7 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeyp
             "+algorithm.am3.temperature=0.5",
             "trainer.v1.trainer_mode=am3_sync",
             "actor_rollout_ref.rollout.n=8",
+            f"trainer.rollout_data_dir={tmp_path}",
         ]
     )
     trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
@@ -156,5 +158,15 @@ def test_am3_sync_step_advantages_and_metrics(transfer_queue, tokenizer, monkeyp
     assert set(got) == set(want) and len(got) >= 17
     for key, value in want.items():
         assert got[key] == pytest.approx(value, nan_ok=True), key
+
+    # trainer.rollout_data_dir set: every real row's per-turn scores, as the estimator read them
+    dumped = read_turn_score_dumps(tmp_path)
+    assert [d.uid for d in dumped] == uid[:21] and {d.step for d in dumped} == {1}
+    f32 = lambda values: [float(torch.tensor(v, dtype=torch.float32)) for v in values]  # noqa: E731
+    for rollout, record in zip(dumped, records):
+        assert rollout.failed == tuple(record.failed)
+        ok = [not f for f in record.failed]
+        assert [v for v, k in zip(rollout.harmless, ok) if k] == pytest.approx([v for v, k in zip(f32(record.harmless), ok) if k], abs=1e-6)
+        assert [v for v, k in zip(rollout.helpful, ok) if k] == pytest.approx([v for v, k in zip(f32(record.helpful), ok) if k], abs=1e-6)
     assert got["am3/rollouts_without_turns"] == 0  # padding rows are not counted
     tq.kv_clear(keys=batch.keys, partition_id="train")
