@@ -6,7 +6,10 @@ refusal and general VQA only, evaluate that checkpoint on the held-out dialogues
 estimator train it with GRPO through ``python -m verl.trainer.main_ppo`` (``am3_dialogue`` rollouts,
 the multi-turn reward function, the ``openai`` judge backend) and evaluate the result on the same
 held-out dialogues with ``python -m am3_verl.eval``. The judge is the ground-truth server of
-:mod:`am3_verl.miniature.judge` on 127.0.0.1, for training and evaluation alike.
+:mod:`am3_verl.miniature.judge` on 127.0.0.1, for training and evaluation alike. Every GRPO run dumps
+its rollouts' per-turn scores (``trainer.rollout_data_dir``); the ``am3_grpo`` run's are cut into
+mixed-length groups to measure the turn-count bias of each estimator
+(:mod:`am3_verl.miniature.turn_count_bias`).
 
 Outputs (``--output_dir``): ``results.json`` (:mod:`am3_verl.miniature.results`), ``report.html`` and
 ``curves.png``, plus every stage's data, checkpoints, logs and evaluation folders under ``seed_<k>/``.
@@ -22,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from am3_verl import stages
+from am3_verl.advantage.turn_score_dump import read_turn_score_dumps
 from am3_verl.atomic import write_text_atomic
 from am3_verl.demo_report import read_step_metrics
 from am3_verl.miniature.generate import generate_task
 from am3_verl.miniature.judge import GroundTruthJudgeServer
+from am3_verl.miniature.turn_count_bias import measure as measure_turn_count_bias
 
 ESTIMATOR_OVERRIDES: dict[str, tuple[str, ...]] = {
     "am3_grpo": ("algorithm.adv_estimator=am3_grpo", "+algorithm.am3.variant=paper"),
@@ -44,6 +49,10 @@ GRPO_SPEED_OVERRIDES: tuple[str, ...] = (
 """Settings that make the miniature's GRPO fast on a CPU; the same for every estimator."""
 
 
+TURN_COUNT_BIAS_ROLLOUTS = "am3_grpo"
+"""The run whose rollouts the turn-count-bias measurement cuts (:mod:`am3_verl.miniature.turn_count_bias`)."""
+
+
 @dataclass
 class MiniatureConfig:
     """The miniature's settings; the defaults are the documented configuration (``make miniature``)."""
@@ -51,7 +60,7 @@ class MiniatureConfig:
     output_dir: Path
     seeds: int = 3
     estimators: tuple[str, ...] = ("am3_grpo", "grpo", "min_mean")
-    steps: int = 12
+    steps: int = 6
     """GRPO steps per run."""
     prompts: int = 4
     """Dialogues per GRPO step."""
@@ -69,6 +78,8 @@ class MiniatureConfig:
     max_reply_tokens: int = 24
     """Reply cap at evaluation (training: recipes/agent_loops/am3_dialogue_tiny.yaml)."""
     first_seed: int = 0
+    cut_probability: float = 0.5
+    """Turn-count bias: share of the ``am3_grpo`` run's rollouts cut short to make mixed-length groups."""
 
     def seed_list(self) -> list[int]:
         """The seeds run, in order."""
@@ -121,7 +132,7 @@ def eval_metrics(results_dir: Path) -> dict:
 
 def training_curve(run_dir: Path) -> dict[int, dict[str, float]]:
     """Step -> the am3/* training metrics of one GRPO run (from verl's file logger)."""
-    keys = ("am3/reward/mean", "am3/harmless/mean", "am3/helpful/mean", "am3/asr", "am3/refusal_rate")
+    keys = ("am3/reward/mean", "am3/harmless/mean", "am3/helpful/mean", "am3/asr", "am3/refusal_rate", "am3/groups/mixed_length_fraction")
     return {step: {k.split("/", 1)[1]: m[k] for k in keys if k in m} for step, m in read_step_metrics(run_dir / "metrics.jsonl").items()}
 
 
@@ -170,7 +181,9 @@ def run_seed(cfg: MiniatureConfig, seed: int, judge: GroundTruthJudgeServer, clo
             data["train"], sft_model, run_dir, steps=cfg.steps, prompts=cfg.prompts, rollouts=cfg.rollouts,
             seed=seed, judge_env=judge_env, progress=f"seed {seed} {estimator}",
             overrides=(*ESTIMATOR_OVERRIDES[estimator], *GRPO_SPEED_OVERRIDES, f"actor_rollout_ref.actor.optim.lr={cfg.lr}",
-                       f"trainer.experiment_name=miniature_seed{seed}_{estimator}"),
+                       f"trainer.experiment_name=miniature_seed{seed}_{estimator}",
+                       # verl dumps each step's rollouts there; the am3_* trainer modes add the per-turn scores
+                       f"trainer.rollout_data_dir={run_dir / 'rollouts'}"),
         )  # fmt: skip
         clock.add("GRPO (main_ppo)", started)
         started = time.perf_counter()
@@ -182,9 +195,12 @@ def run_seed(cfg: MiniatureConfig, seed: int, judge: GroundTruthJudgeServer, clo
         print(f"seed {seed}: {estimator}: held-out ASR {before['asr']:.3f} -> {after['asr']:.3f}, over-refusal "
               f"{before['over_refusal']:.3f} -> {after['over_refusal']:.3f}, helpful {before['helpful']:.3f} -> "
               f"{after['helpful']:.3f}", flush=True)  # fmt: skip
+        bias = None
+        if estimator == TURN_COUNT_BIAS_ROLLOUTS:
+            bias = measure_turn_count_bias(read_turn_score_dumps(run_dir / "rollouts"), cut_probability=cfg.cut_probability, seed=seed)
         records.append(
             {"seed": seed, "estimator": estimator, "before": before, "after": after, "curve": training_curve(run_dir),
-             "sft_loss": stages.sft_losses(sft_log), "task": task}
+             "sft_loss": stages.sft_losses(sft_log), "task": task, "turn_count_bias": bias}
         )  # fmt: skip
     return records
 
@@ -229,11 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollouts", type=int, default=MiniatureConfig.rollouts, help="rollouts per dialogue")
     parser.add_argument("--lr", type=float, default=MiniatureConfig.lr, help="GRPO learning rate")
     parser.add_argument("--sft_steps", type=int, default=MiniatureConfig.sft_steps, help="cold-start SFT steps")
+    parser.add_argument(
+        "--cut_probability",
+        type=float,
+        default=MiniatureConfig.cut_probability,
+        help="turn-count bias: share of the am3_grpo rollouts cut short into mixed-length groups (default 0.5)",
+    )
     args = parser.parse_args(argv)
     cfg = MiniatureConfig(
         output_dir=args.output_dir.resolve(), seeds=args.seeds, first_seed=args.first_seed,
         estimators=tuple(e.strip() for e in args.estimators.split(",") if e.strip()), steps=args.steps,
         prompts=args.prompts, rollouts=args.rollouts, lr=args.lr, sft_steps=args.sft_steps,
+        cut_probability=args.cut_probability,
     )  # fmt: skip
     results = run(cfg)
     print(json.dumps(results["summary"], indent=2, sort_keys=True))

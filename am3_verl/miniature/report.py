@@ -87,6 +87,33 @@ def by_turn_table_html(summary: dict[str, Any]) -> str:
     return f"<table><tr><th>estimator</th><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
+BIAS_COLUMNS = (
+    ("mean_abs_advantage", "mean |A| (same-length)"),
+    ("kept_mean_abs_change", "uncut rollouts: mean |change of A|"),
+    ("kept_sign_flip_rate", "uncut rollouts: sign flips"),
+    ("cut_mean_change", "cut rollouts: mean change of A"),
+    ("correlation", "corr(A same-length, A mixed)"),
+)
+
+
+def turn_count_bias_html(bias: dict[str, Any] | None) -> str:
+    """The same-length vs mixed-length table (:mod:`am3_verl.miniature.turn_count_bias`); empty when not measured."""
+    if not bias:
+        return ""
+    head = "".join(f"<th>{label}</th>" for _, label in BIAS_COLUMNS)
+    rows = []
+    for estimator, entry in bias["estimators"].items():
+        cells = "".join("<td>n/a</td>" if entry[key]["mean"] is None else f"<td>{entry[key]['mean']:+.3f}</td>" for key, _ in BIAS_COLUMNS)
+        rows.append(f"<tr><td>{html.escape(estimator)}</td>{cells}</tr>")
+    return (
+        f"<h2>Turn-count bias: same-length vs mixed-length groups</h2><p>The {', '.join(bias['rollouts_of'])} runs' "
+        f"{bias['rollouts']} rollouts in {bias['groups']} groups (seeds {bias['seeds']}); {bias['cut_rollouts']} rollouts cut "
+        f"short at random (probability {bias['cut_probability']}), which made {bias['mixed_length_fraction']:.0%} of the groups "
+        f"mixed-length. Each estimator's advantages before and after the cut, means over seeds.</p>"
+        f"<table><tr><th>estimator rule</th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
 def write_report(results: dict[str, Any], output_dir: Path) -> Path:
     """Write ``curves.png`` and ``report.html`` into ``output_dir``; return the report's path."""
     write_bytes_atomic(output_dir / "curves.png", curves_png(results))
@@ -102,6 +129,7 @@ td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}</style></head><
 dialogues use substance pairs never seen in training. Wall time {results["wall_s"]:.0f}s ({stages}).</p>
 <h2>Before and after, held-out dialogues (mean over seeds, 95% t-interval)</h2>{summary_table_html(results["summary"])}
 <h2>Held-out ASR by turn (mean over seeds)</h2>{by_turn_table_html(results["summary"])}
+{turn_count_bias_html(results.get("turn_count_bias"))}
 <h2>Training curves (mean over seeds)</h2><img alt="training curves" src="curves.png" style="max-width:100%">
 <p>Every run's evaluation report: <code>seed_&lt;k&gt;/eval/&lt;sft|estimator&gt;/report.html</code>.</p>
 </body></html>"""

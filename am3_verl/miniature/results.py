@@ -11,6 +11,10 @@ checkpoint) and after (that estimator's GRPO checkpoint):
   one seed); ``per_seed`` – the values behind each mean; ``asr_by_turn_before`` / ``asr_by_turn_after`` –
   turn -> mean ASR of that turn over seeds.
 
+``results["turn_count_bias"]`` (when a run measured it, :mod:`am3_verl.miniature.turn_count_bias`):
+per estimator rule, each figure's mean, 95% interval and per-seed values over the seeds whose
+``am3_grpo`` rollouts were cut into mixed-length groups.
+
 ``runs`` keeps every record (before/after metrics, the per-step training curve, the SFT losses).
 """
 
@@ -61,6 +65,32 @@ def summarise(records: list[dict]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def summarise_turn_count_bias(records: list[dict]) -> dict[str, Any] | None:
+    """Means over seeds of the turn-count-bias figures the records carry; None when no record has one."""
+    measured = [r for r in records if r.get("turn_count_bias")]
+    if not measured:
+        return None
+    figures = [r["turn_count_bias"] for r in measured]
+    summary: dict[str, Any] = {
+        "rollouts_of": sorted({r["estimator"] for r in measured}),
+        "seeds": [r["seed"] for r in measured],
+        "cut_probability": figures[0]["cut_probability"],
+        "mixed_length_fraction": mean_ci95([f["mixed_length_fraction"] for f in figures])[0],
+        "groups": sum(f["groups"]["kept"] for f in figures),
+        "cut_rollouts": sum(f["cut_rollouts"] for f in figures),
+        "rollouts": sum(f["rollouts"] for f in figures),
+        "estimators": {},
+    }
+    for estimator in figures[0]["estimators"]:
+        entry: dict[str, Any] = {}
+        for metric in figures[0]["estimators"][estimator]:
+            values = [f["estimators"][estimator][metric] for f in figures]
+            value, interval = mean_ci95(values)
+            entry[metric] = {"mean": value, "ci95": interval, "per_seed": values}
+        summary["estimators"][estimator] = entry
+    return summary
+
+
 def build_results(records: list[dict], *, config: dict, wall_s: float, stage_seconds: dict[str, float],
                   judge_stats: dict) -> dict[str, Any]:  # fmt: skip
     """The whole ``results.json`` document."""
@@ -70,5 +100,6 @@ def build_results(records: list[dict], *, config: dict, wall_s: float, stage_sec
         "stage_seconds": stage_seconds,
         "judge": {"name": "ground truth (am3_verl.miniature.judge) through the openai backend", **judge_stats},
         "summary": summarise(records),
+        "turn_count_bias": summarise_turn_count_bias(records),
         "runs": records,
     }

@@ -7,7 +7,9 @@ import math
 import pytest
 
 from am3_verl.miniature.report import write_report
+from am3_verl.advantage.turn_score_dump import RolloutTurnScores
 from am3_verl.miniature.results import build_results, mean_ci95
+from am3_verl.miniature.turn_count_bias import measure
 
 
 def _side(asr):
@@ -29,6 +31,12 @@ def _record(seed, estimator, asr_before, asr_after):
     return {"seed": seed, "estimator": estimator, "before": _side(asr_before), "after": _side(asr_after), "curve": curve}
 
 
+def _bias(seed):
+    scores = ([1.0, 1.0, 0.0], [1.0, 0.5, 1.0], [1.0, 1.0, 1.0])
+    rollouts = [RolloutTurnScores(1, str(g), scores[(g + i) % 3], (0.5,) * 3, (False,) * 3) for g in range(6) for i in range(4)]
+    return measure(rollouts, cut_probability=0.5, seed=seed)
+
+
 def test_mean_and_student_t_interval_over_seeds():
     mean, ci = mean_ci95([0.2, 0.4, 0.6])
     half = 4.302652729911275 * 0.2 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n)
@@ -39,6 +47,8 @@ def test_mean_and_student_t_interval_over_seeds():
 
 def test_summary_per_estimator_and_report(tmp_path):
     records = [_record(s, "am3_grpo", 0.9, a) for s, a in ((0, 0.2), (1, 0.4), (2, 0.3))] + [_record(0, "grpo", 0.9, 0.8)]
+    for record in records[:2]:
+        record["turn_count_bias"] = _bias(record["seed"])
     results = build_results(records, config={"seeds": 3, "first_seed": 0, "sft_steps": 1, "steps": 3, "prompts": 4,
                                              "rollouts": 4}, wall_s=12.0, stage_seconds={"GRPO (main_ppo)": 10.0},
                             judge_stats={"requests": 5})  # fmt: skip
@@ -52,8 +62,15 @@ def test_summary_per_estimator_and_report(tmp_path):
     assert am3["asr_by_turn_after"] == {"1": 0.0, "2": pytest.approx(0.3)}
     assert results["summary"]["grpo"]["ci95"]["asr_after"] is None  # one seed: no interval
 
+    bias = results["turn_count_bias"]
+    assert bias["seeds"] == [0, 1] and bias["rollouts_of"] == ["am3_grpo"] and bias["rollouts"] == 48
+    per_seed = [records[i]["turn_count_bias"]["estimators"]["grpo"]["cut_mean_change"] for i in (0, 1)]
+    assert bias["estimators"]["grpo"]["cut_mean_change"]["per_seed"] == per_seed
+    assert bias["estimators"]["grpo"]["cut_mean_change"]["mean"] == pytest.approx(sum(per_seed) / 2)
+
     report = write_report(results, tmp_path)
     page = report.read_text()
+    assert "Turn-count bias" in page and "mixed-length" in page
     assert "am3_grpo" in page and "0.300 [" in page and "curves.png" in page
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert not list(tmp_path.glob("*.partial"))
