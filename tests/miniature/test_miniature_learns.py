@@ -3,7 +3,8 @@
 One seed, the default policy size, a shorter cold start, then a few ``am3_grpo`` steps through ``main_ppo`` with
 the ground-truth judge over HTTP and the held-out evaluation with ``python -m am3_verl.eval``, exactly as
 ``make miniature`` runs them. A change that stops the method from learning (the reward, the per-turn
-scores, the estimator, the weight sync, the recipe) fails here. Nothing is mocked.
+scores, the estimator, the weight sync, the recipes) fails here. It is also the CPU run of the cold-start
+SFT recipe (``am3_verl.stages.cold_start_sft``). Nothing is mocked.
 """
 
 from __future__ import annotations
