@@ -10,7 +10,7 @@ from typing import Any
 from am3_verl.atomic import write_bytes_atomic, write_text_atomic
 
 CURVE_PANELS = (
-    ("reward", "mean rollout reward (score)"),
+    ("reward/mean", "mean rollout reward (training)"),
     ("asr", "training ASR (unsafe turns / judged turns)"),
     ("harmless/mean", "mean harmless (training)"),
     ("helpful/mean", "mean helpful (training)"),

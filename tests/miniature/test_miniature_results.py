@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from am3_verl.miniature.report import write_report
+from am3_verl.miniature.report import CURVE_PANELS, _mean_curve, write_report
 from am3_verl.advantage.turn_score_dump import RolloutTurnScores
 from am3_verl.miniature.results import build_results, mean_ci95
 from am3_verl.miniature.turn_count_bias import measure
@@ -67,6 +67,10 @@ def test_summary_per_estimator_and_report(tmp_path):
     per_seed = [records[i]["turn_count_bias"]["estimators"]["grpo"]["cut_mean_change"] for i in (0, 1)]
     assert bias["estimators"]["grpo"]["cut_mean_change"]["per_seed"] == per_seed
     assert bias["estimators"]["grpo"]["cut_mean_change"]["mean"] == pytest.approx(sum(per_seed) / 2)
+
+    for key, _ in CURVE_PANELS:  # every panel of curves.png has a line to draw
+        steps, values = _mean_curve(results["runs"], key)
+        assert steps == [1, 2, 3] and not any(math.isnan(v) for v in values), key
 
     report = write_report(results, tmp_path)
     page = report.read_text()
