@@ -78,25 +78,21 @@ def am3_metrics(
         "am3/unscored_rollouts": float((has_turns & ~scored).sum()),
         "am3/rollouts_without_turns": float((~has_turns).sum()),
         "am3/assistant_turns/mean": _mean(num_turns.float()),
-        "am3/groups/mixed_length_fraction": _mixed_length_fraction(computation.index, keep, num_turns),
+        "am3/groups/mixed_length_fraction": _mixed_length_fraction(turns.ids[keep], num_turns),
     }
     metrics.update(_refusal_metrics(records, num_turns, valid))
     metrics.update(_alpha_metrics(turns.stats.alpha, turns.stats.present))
     return metrics
 
 
-def _mixed_length_fraction(index: Sequence[Any], keep: torch.Tensor, num_turns: torch.Tensor) -> float:
-    """Share of prompt groups whose rollouts reached different numbers of turns (early stop, truncation).
+def _mixed_length_fraction(ids: torch.Tensor, num_turns: torch.Tensor) -> float:
+    """Share of prompt groups (the estimator's dense ``ids``) whose rollouts reached different numbers of turns.
 
     In such a group turn t's statistics come from the rollouts that reached turn t only (docs/method.md).
     """
-    turns_by_group: dict[Any, set[int]] = {}
-    rows = keep.nonzero().flatten().tolist()
-    for position, row in enumerate(rows):
-        turns_by_group.setdefault(index[row], set()).add(int(num_turns[position]))
-    if not turns_by_group:
-        return float("nan")
-    return sum(len(counts) > 1 for counts in turns_by_group.values()) / len(turns_by_group)
+    distinct = torch.unique(torch.stack([ids, num_turns.to(ids.dtype)]), dim=1)  # one column per (group, length)
+    lengths_per_group = torch.bincount(distinct[0])
+    return _mean((lengths_per_group[lengths_per_group > 0] > 1).float())
 
 
 def _refusal_metrics(records: Sequence[TurnScores | None] | None, num_turns: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
