@@ -9,7 +9,8 @@ model without a paged KV cache. ``update_weights`` loads the actor's full weight
 
 The model lives on verl's current device (``VERL_PLATFORM=cpu`` gives the CPU). Requests are served one
 at a time in arrival order: a tiny model on two cores gains nothing from padding prompts of different
-lengths and image layouts into one ``generate`` call, and serial calls keep sampling reproducible.
+lengths and image layouts into one ``generate`` call. With a seed, what is sampled does not depend on
+the order in which the agent loops' requests arrive (:class:`LocalGenerationClient`).
 """
 
 from __future__ import annotations

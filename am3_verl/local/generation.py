@@ -13,7 +13,12 @@ What it promises, like verl's vLLM server with ``logprobs_mode="processed_logpro
   quantity verl's actor recomputes for the PPO ratio, so the two agree up to numerics;
 * ``extra_fields`` carries ``global_steps``/``min_global_steps``/``max_global_steps`` like verl's client;
 * the image/video placeholder tokens are never sampled (a policy-written placeholder would claim an image
-  that does not exist and break every later turn's image features).
+  that does not exist and break every later turn's image features);
+* with a ``seed``, the sampled tokens do not depend on the order in which concurrent requests arrive: each
+  call draws from a generator seeded by the client's seed, the weight version (``global_steps``), the
+  request's content (prompt ids and image pixels) and how many earlier calls of this weight version
+  carried the same content. Calls with equal content are interchangeable, so a batch of agent loops
+  gets the same multiset of samples however its asyncio tasks interleave.
 
 Image inputs: ``image_data`` is every image of the conversation so far (PIL images, in placeholder
 order), as verl's agent loops pass them; the prompt's image tokens must already be expanded for them
@@ -23,7 +28,9 @@ order), as verl's agent loops pass them; the prompt's image tokens must already 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -63,7 +70,8 @@ class LocalGenerationClient:
         self.seed = seed
         self.calls: list[GenerationCall] = []
         self._lock = threading.Lock()
-        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._content_counts: Counter[bytes] = Counter()
+        self._counted_steps = global_steps
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.image_token_id = getattr(model.config, "image_token_id", None)
         if self.image_token_id is None:
@@ -126,6 +134,23 @@ class LocalGenerationClient:
         expanded = self.processor(text=[placeholder * len(images)], images=images, return_tensors="pt")
         return int((expanded["input_ids"] == self.image_token_id).sum())
 
+    def _call_seed(self, prompt_ids: list[int], images: Optional[list[Any]]) -> int:
+        """The sampling seed of one call (see the module docstring); called under the lock."""
+        if self._counted_steps != self.global_steps:  # new weights: the occurrence counts start again
+            self._content_counts.clear()
+            self._counted_steps = self.global_steps
+        content = hashlib.blake2b(digest_size=16)
+        content.update(torch.tensor(prompt_ids, dtype=torch.int64).numpy().tobytes())
+        for image in images or []:
+            pixels = image.numpy() if isinstance(image, torch.Tensor) else image
+            content.update(repr((getattr(pixels, "mode", None), getattr(pixels, "size", None), getattr(pixels, "shape", None))).encode())
+            content.update(pixels.tobytes())
+        key = content.digest()
+        occurrence = self._content_counts[key]
+        self._content_counts[key] += 1
+        seed = hashlib.blake2b(f"{self.seed}:{self.global_steps}:{occurrence}:".encode() + key, digest_size=8)
+        return int.from_bytes(seed.digest(), "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
+
     @torch.no_grad()
     def _generate_sync(
         self, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], images: Optional[list[Any]]
@@ -143,8 +168,8 @@ class LocalGenerationClient:
             device = self.model.device
             prompt = prompt.to(device)
             vision = {key: value.to(device) for key, value in vision.items()}
-            if self._generator is not None:
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)))
+            if self.seed is not None:
+                torch.manual_seed(self._call_seed(prompt_ids, images))
             output = self.model.generate(
                 input_ids=prompt,
                 attention_mask=torch.ones_like(prompt),

@@ -72,6 +72,34 @@ def test_greedy_is_deterministic_and_scored_at_temperature_one(tiny_qwen_dir):
     assert torch.allclose(torch.tensor(first.log_probs), expected, atol=1e-4)
 
 
+def test_seeded_samples_do_not_depend_on_the_order_requests_arrive(tiny_qwen_dir):
+    """A batch of agent loops interleaves its requests differently on every run; the samples must not change."""
+    params = {"temperature": 1.0, "max_tokens": 6}
+
+    def play(order, seed=7, steps=(0,)):
+        """One run: a fresh client (as each main_ppo run starts one) serving ``order`` at each weight version."""
+        client = load_local_client(str(tiny_qwen_dir), seed=seed)
+        ids = _prompt(client)["input_ids"][0].tolist()
+        other = client.tokenizer("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+        replies = {}
+        for step in steps:
+            client.global_steps = step
+            for name in order:  # "a0", "a1": the same image prompt twice (a GRPO group); "b": another prompt
+                prompt, images = (other, None) if name == "b" else (ids, IMAGES)
+                output = asyncio.run(client.generate(name, prompt_ids=prompt, sampling_params=params, image_data=images))
+                replies[step, name] = output.token_ids
+        return replies
+
+    forward, backward = play(["a0", "a1", "b"], steps=(0, 1)), play(["b", "a1", "a0"], steps=(0, 1))
+    for step in (0, 1):
+        assert forward[step, "b"] == backward[step, "b"]
+        # equal requests are interchangeable: the group receives the same two samples, whichever came first
+        assert sorted([forward[step, "a0"], forward[step, "a1"]]) == sorted([backward[step, "a0"], backward[step, "a1"]])
+        assert forward[step, "a0"] != forward[step, "a1"]  # a group's rollouts are still different samples
+    assert forward[0, "b"] != forward[1, "b"]  # new weights (the next step) draw new samples
+    assert play(["a0", "a1", "b"], seed=8)[0, "b"] != forward[0, "b"]
+
+
 def test_stops_after_the_end_of_turn_token(tiny_qwen_dir):
     client = load_local_client(str(tiny_qwen_dir))
     eos = client.tokenizer.convert_tokens_to_ids("<|im_end|>")
