@@ -73,6 +73,12 @@ def sft_losses(log_path: Path) -> dict[int, float]:
     return {int(s): float(v) for s, v in re.findall(r"step:(\d+) .*?train/loss:([0-9.]+)", log_path.read_text())}
 
 
+def _advance(bar: tqdm, done: int) -> None:
+    # update(0) would redraw the bar every poll: a new line each second in a log that is not a terminal
+    if done > bar.n:
+        bar.update(done - bar.n)
+
+
 def grpo(
     data_dir: Path, model: Path, run_dir: Path, *, steps: int, prompts: int, rollouts: int, seed: int,
     judge_env: Mapping[str, str], overrides: Sequence[str] = (), progress: str | None = "GRPO steps",
@@ -106,8 +112,8 @@ def grpo(
         with tqdm(total=steps, desc=progress or "", unit="step", disable=not progress) as bar:
             while process.poll() is None:
                 time.sleep(1.0)
-                bar.update(len(read_step_metrics(metrics_file)) - bar.n)
-            bar.update(len(read_step_metrics(metrics_file)) - bar.n)
+                _advance(bar, len(read_step_metrics(metrics_file)))
+            _advance(bar, len(read_step_metrics(metrics_file)))
     if process.returncode != 0:
         raise RuntimeError(f"GRPO (main_ppo) failed (exit {process.returncode}); see {log_path}")
     hf_dir = run_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface"
