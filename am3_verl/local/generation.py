@@ -134,21 +134,24 @@ class LocalGenerationClient:
         expanded = self.processor(text=[placeholder * len(images)], images=images, return_tensors="pt")
         return int((expanded["input_ids"] == self.image_token_id).sum())
 
-    def _call_seed(self, prompt_ids: list[int], images: Optional[list[Any]]) -> int:
-        """The sampling seed of one call (see the module docstring); called under the lock."""
-        if self._counted_steps != self.global_steps:  # new weights: the occurrence counts start again
-            self._content_counts.clear()
-            self._counted_steps = self.global_steps
-        content = hashlib.blake2b(digest_size=16)
-        content.update(torch.tensor(prompt_ids, dtype=torch.int64).numpy().tobytes())
+    @staticmethod
+    def _content_key(prompt: torch.Tensor, images: Optional[list[Any]]) -> bytes:
+        """Digest of what a request asks for: its prompt ids (a CPU tensor) and its images' pixels."""
+        content = hashlib.blake2b(prompt.numpy().tobytes(), digest_size=16)
         for image in images or []:
             pixels = image.numpy() if isinstance(image, torch.Tensor) else image
             content.update(repr((getattr(pixels, "mode", None), getattr(pixels, "size", None), getattr(pixels, "shape", None))).encode())
             content.update(pixels.tobytes())
-        key = content.digest()
-        occurrence = self._content_counts[key]
-        self._content_counts[key] += 1
-        seed = hashlib.blake2b(f"{self.seed}:{self.global_steps}:{occurrence}:".encode() + key, digest_size=8)
+        return content.digest()
+
+    def _call_seed(self, content_key: bytes) -> int:
+        """The sampling seed of one call (see the module docstring); called under the lock."""
+        if self._counted_steps != self.global_steps:  # new weights: the occurrence counts start again
+            self._content_counts.clear()
+            self._counted_steps = self.global_steps
+        occurrence = self._content_counts[content_key]
+        self._content_counts[content_key] += 1
+        seed = hashlib.blake2b(f"{self.seed}:{self.global_steps}:{occurrence}:".encode() + content_key, digest_size=8)
         return int.from_bytes(seed.digest(), "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
 
     @torch.no_grad()
@@ -164,12 +167,13 @@ class LocalGenerationClient:
 
         prompt = torch.tensor([prompt_ids], dtype=torch.long)
         vision, image_tokens, features = self._vision_inputs(prompt, images)
+        content_key = self._content_key(prompt, images) if self.seed is not None else None  # hashed outside the lock
         with self._lock:
             device = self.model.device
             prompt = prompt.to(device)
             vision = {key: value.to(device) for key, value in vision.items()}
-            if self.seed is not None:
-                torch.manual_seed(self._call_seed(prompt_ids, images))
+            if content_key is not None:
+                torch.manual_seed(self._call_seed(content_key))
             output = self.model.generate(
                 input_ids=prompt,
                 attention_mask=torch.ones_like(prompt),
