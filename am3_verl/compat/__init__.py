@@ -1,4 +1,4 @@
-"""Every place am3-verl reaches into verl (or transformers) internals that have no public hook, in one package.
+"""Every place am3-verl reaches into verl (or transformers, or vLLM) internals that have no public hook, in one package.
 
 Each reach is written against verl :data:`VERL_VERSION` and listed in :data:`REACHES` with where it is
 in verl, the am3-verl module that makes it and the upstream hook that would remove it. :func:`apply`
@@ -8,8 +8,11 @@ in verl, the am3-verl module that makes it and the upstream hook that would remo
 Modules: :mod:`.cpu` (CPU platform: process groups, FSDP engines, offload), :mod:`.rollout` (rollout
 adapter registry), :mod:`.qwen2_vl` (a verl bug), :mod:`.processors` (``hf_processor`` and the
 LLaVA-NeXT image processor), :mod:`.continuous_token` (the LLaVA-NeXT token builder), :mod:`.trainer`
-(per-step metrics and trainer modes). The last entry of :data:`REACHES` is a reliance, not a patch:
-:mod:`am3_verl.env.output` needs verl to call ``as_dict()`` after the streaming reward.
+(per-step metrics and trainer modes), :mod:`.vllm_plugin` and :mod:`.vllm_llava_next` (vLLM's CPU linear
+layers and LLaVA-NeXT weight names; vLLM applies them through am3-verl's ``vllm.general_plugins`` entry
+point, gated on its own vLLM version). The last entry
+of :data:`REACHES` is a reliance, not a patch: :mod:`am3_verl.env.output` needs verl to call
+``as_dict()`` after the streaming reward.
 """
 
 from __future__ import annotations
@@ -105,6 +108,18 @@ REACHES: tuple[Reach, ...] = (
         "trainer/ppo/v1 (branches on the mode string)",
         "am3_verl.compat.trainer",
         "branching on the registered trainer class instead of the mode name",
+    ),
+    Reach(
+        "vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm (always remove_weight=False)",
+        "vLLM 0.24.0 model_executor/layers/linear.py:215 (CPU platform only; the vllm.general_plugins entry point)",
+        "am3_verl.compat.vllm_plugin",
+        "vLLM keeping, or repacking on reload, the CPU linear weights verl's weight sync loads into",
+    ),
+    Reach(
+        "vllm LlavaNextForConditionalGeneration.hf_to_vllm_mapper (subclass registered through ModelRegistry)",
+        "vLLM 0.24.0 model_executor/models/llava_next.py:228 (every platform; the vllm.general_plugins entry point)",
+        "am3_verl.compat.vllm_llava_next",
+        "vLLM mapping transformers 5's CLIP vision-tower weight names",
     ),
     Reach(
         "AgentLoopOutput.as_dict() called after the streaming reward",

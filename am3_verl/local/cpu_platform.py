@@ -101,10 +101,11 @@ def _make_platform_class():
             return None
 
         def ray_resource_name(self) -> str:
-            return "CPU"
-
-        def ray_resource_options(self, num_gpus: float) -> dict[str, Any]:
-            return {"num_cpus": num_gpus}
+            # Each CPU rank holds one of the "GPU" slots the run declares to Ray (ray_init.num_gpus, which
+            # verl's resource check counts), so verl's placement and its per-worker accelerator ids
+            # (get_accelerator_ids()[name][0], read by its vLLM replica) work unchanged. Ray's CPU
+            # resource has no accelerator ids. Torch ignores the CUDA_VISIBLE_DEVICES Ray sets.
+            return "GPU"
 
         def ray_noset_envvars(self) -> list[str]:
             return []

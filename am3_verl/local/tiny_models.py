@@ -12,7 +12,8 @@ The tokenizer is Qwen2's byte-level BPE rebuilt from the ranks shipped by the ``
   renders an ``<image>`` token per image.
 
 Command line: ``python -m am3_verl.local.tiny_models --output_dir DIR`` writes ``DIR/qwen2_5_vl`` and
-``DIR/llava_next``; each loads back with ``AutoProcessor``/``AutoTokenizer``/the model class and with
+``DIR/llava_next`` (and ``DIR/qwen2_5_vl_h128``, the Qwen2.5-VL with head dim 32 that vLLM's CPU
+attention serves); each loads back with ``AutoProcessor``/``AutoTokenizer``/the model class and with
 verl's ``hf_tokenizer``/``hf_processor``.
 """
 
@@ -224,8 +225,10 @@ def build_tiny_qwen2_5_vl(
     return output_dir
 
 
-def build_tiny_llava_next(output_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random LLaVA-NeXT (CLIP vision + Qwen2 text, any-resolution tiling) to ``output_dir``."""
+def build_tiny_llava_next(output_dir: str | os.PathLike, seed: int = 0, *, hidden_size: int = 64, vision_hidden_size: int = 32) -> Path:
+    """Write a tiny random LLaVA-NeXT (CLIP vision + Qwen2 text, any-resolution tiling) to ``output_dir``.
+
+    The defaults are the test model (text hidden 64 in 4 heads, vision hidden 32 in 2 heads)."""
     import torch
     from transformers import (
         LlavaNextConfig,
@@ -243,19 +246,19 @@ def build_tiny_llava_next(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     config = LlavaNextConfig(
         vision_config=dict(
             model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
             num_hidden_layers=2,
             num_attention_heads=2,
             image_size=image_size,
             patch_size=patch_size,
-            projection_dim=32,
+            projection_dim=vision_hidden_size,
         ),
         text_config=dict(
             model_type="qwen2",
             vocab_size=151936,
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -297,7 +300,25 @@ def build_tiny_llava_next(output_dir: str | os.PathLike, seed: int = 0) -> Path:
     return output_dir
 
 
-BUILDERS = {"qwen2_5_vl": build_tiny_qwen2_5_vl, "llava_next": build_tiny_llava_next}
+def build_tiny_qwen2_5_vl_h128(output_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The test Qwen2.5-VL at hidden 128 (attention head dim 32): the narrowest vLLM's CPU attention serves.
+
+    vLLM 0.24's CPU attention backend takes head dims 32, 64, 80, ...; the test model's 16 is refused,
+    so the vLLM CPU tier (and ``am3_grpo_tiny_cpu.sh`` with ``rollout.name=vllm``) uses this one."""
+    return build_tiny_qwen2_5_vl(output_dir, seed, hidden_size=128)
+
+
+def build_tiny_llava_next_h128(output_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The test LLaVA-NeXT at text hidden 128 and vision hidden 64 (head dim 32 in both), for vLLM's CPU attention."""
+    return build_tiny_llava_next(output_dir, seed, hidden_size=128, vision_hidden_size=64)
+
+
+BUILDERS = {
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,
+    "qwen2_5_vl_h128": build_tiny_qwen2_5_vl_h128,
+    "llava_next": build_tiny_llava_next,
+    "llava_next_h128": build_tiny_llava_next_h128,
+}
 
 
 def build_all(output_dir: str | os.PathLike, force: bool = False) -> dict[str, Path]:
@@ -323,7 +344,7 @@ def build_all(output_dir: str | os.PathLike, force: bool = False) -> dict[str, P
 def main(argv: list[str] | None = None) -> None:
     """Command line: build the tiny models into ``--output_dir``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", required=True, help="folder that receives qwen2_5_vl/ and llava_next/")
+    parser.add_argument("--output_dir", required=True, help="folder that receives qwen2_5_vl/, qwen2_5_vl_h128/ and llava_next/")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folders exist")
     args = parser.parse_args(argv)
     start = time.perf_counter()

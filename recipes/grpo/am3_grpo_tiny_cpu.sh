@@ -3,7 +3,10 @@
 # rollout-backend overrides below. Runs after `make setup` with the offline tiny Qwen2.5-VL:
 #   bash recipes/grpo/am3_grpo_tiny_cpu.sh trainer.total_training_steps=2
 # Generation uses am3-verl's `hf` rollout backend (transformers generate in a Ray actor, weights synced
-# every step) instead of vLLM; training is verl's FSDP2 engine on am3-verl's CPU platform.
+# every step); training is verl's FSDP2 engine on am3-verl's CPU platform. verl's own vLLM rollout runs
+# too, from the vLLM CPU environment (`make setup-vllm`; README, "The vLLM rollout on CPU"):
+#   PATH=$PWD/.venv-vllm/bin:$PATH bash recipes/grpo/am3_grpo_tiny_cpu.sh actor_rollout_ref.rollout.name=vllm
+# which adds the CPU-only vLLM settings below and serves the head-dim-32 tiny model vLLM's CPU attention takes.
 # Data: DATA_DIR (rl_train / rl_val parquet); unset, the bundled sample is converted into $OUT_DIR/data.
 # Judge: AM3_JUDGE_BACKEND names it and is passed explicitly: `openai` (an OpenAI-compatible judge at
 # AM3_JUDGE_BASE_URL serving AM3_JUDGE_MODEL) or `heuristic` (offline keyword rules, announced as
@@ -18,9 +21,17 @@ export AM3_JUDGE_BACKEND  # the 8-GPU recipe turns it into explicit reward kwarg
 # Trackers: console unless AM3_LOGGER names others (e.g. AM3_LOGGER=console,tensorboard; recipes/lib.sh).
 export AM3_LOGGER=${AM3_LOGGER:-console}
 export VERL_PLATFORM=cpu
-# `make setup`'s environment, when the caller has not activated one.
-[[ -x "$REPO_DIR/.venv/bin/python" && -z "${VIRTUAL_ENV:-}" ]] && export PATH="$REPO_DIR/.venv/bin:$PATH"
-export MODEL_PATH=${MODEL_PATH:-$REPO_DIR/.venv/am3-tiny-models/qwen2_5_vl}
+# `make setup`'s environment, unless the python3 on PATH is already a virtual environment's (activated,
+# or its bin/ put first, as for .venv-vllm).
+if [[ -x "$REPO_DIR/.venv/bin/python" ]] && ! python3 -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; then
+  export PATH="$REPO_DIR/.venv/bin:$PATH"
+fi
+# The rollout backend, as the caller's overrides name it (hf unless actor_rollout_ref.rollout.name=... says otherwise).
+ROLLOUT=hf
+for arg in "$@"; do [[ "$arg" == actor_rollout_ref.rollout.name=* ]] && ROLLOUT="${arg#*=}"; done
+TINY_MODEL=qwen2_5_vl
+[[ "$ROLLOUT" == vllm ]] && TINY_MODEL=qwen2_5_vl_h128  # vLLM's CPU attention takes head dims 32, 64, 80, ...; not 16
+export MODEL_PATH=${MODEL_PATH:-$REPO_DIR/.venv/am3-tiny-models/$TINY_MODEL}
 OUT_DIR=${OUT_DIR:-$PWD/outputs/am3_grpo_tiny_cpu}
 export CKPT_DIR=${CKPT_DIR:-$OUT_DIR/checkpoints}
 if [[ -z "${DATA_DIR:-}" ]]; then
@@ -76,5 +87,20 @@ CPU_OVERRIDES=(
   trainer.test_freq=2
   trainer.val_before_train=False
 )
+if [[ "$ROLLOUT" == vllm ]]; then
+  # vLLM's CPU build: its KV cache is host memory (VLLM_CPU_KVCACHE_SPACE GiB, and gpu_memory_utilization
+  # is a fraction of system RAM), no CUDA graphs, no sleep mode (it frees GPU memory only). vLLM keeps
+  # each linear weight next to its oneDNN packing (am3_verl/compat/vllm_cpu.py) so weights can sync.
+  export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+  CPU_OVERRIDES+=(
+    actor_rollout_ref.rollout.gpu_memory_utilization=0.15
+    actor_rollout_ref.rollout.enforce_eager=True
+    +actor_rollout_ref.rollout.enable_sleep_mode=False
+    # fp32 like the actor, so the sync check compares like with like.
+    actor_rollout_ref.rollout.dtype=float32
+    # Weight-sync buckets live in host memory here; verl's 2 GB default pushes a small node over Ray's memory limit.
+    actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=128
+  )
+fi
 
 exec bash "$RECIPES/grpo/am3_grpo_qwen2_5_vl_7b_8gpu.sh" "${CPU_OVERRIDES[@]}" "$@"

@@ -13,8 +13,14 @@ grad, one batch of 8 like the recipe's log-prob micro-batch), and the update (fo
 costs nothing there (one model). The two sides sample their own dialogues, so their turn counts differ a
 little from step to step (both are printed).
 
+vLLM column, same run: the recipe with verl's vLLM rollout (``actor_rollout_ref.rollout.name=vllm``, from the
+vLLM CPU environment ``.venv-vllm`` first on PATH) against the recipe with the ``hf`` rollout, both on the
+head-dim-32 tiny model vLLM's CPU attention serves (``qwen2_5_vl_h128``), so the two rollouts do the same
+work. It reports each side's step split and the vLLM/hf ratios; no target (it is a comparison of two
+rollout engines on 2 cores, not of am3-verl's overhead). ``--no_vllm`` skips it.
+
 Targets: ours / baseline per step <= 1.5; weight sync < 10% of our step.
-Run: ``.venv/bin/python tests/benchmarks/bench_ppo_step.py [--steps N]``; the last line is one JSON object.
+Run: ``.venv/bin/python tests/benchmarks/bench_ppo_step.py [--steps N] [--no_vllm]``; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ RECIPE = REPO / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
 TINY_LOOPS = REPO / "recipes" / "agent_loops" / "am3_dialogue_tiny.yaml"
 PROMPTS, ROLLOUTS, PROMPT_LENGTH, RESPONSE_LENGTH = 2, 4, 512, 640
 SPLIT = ("gen", "old_log_prob", "ref", "adv", "update_actor", "update_weights")
+VLLM_VENV = Path(os.environ.get("AM3_VLLM_VENV", REPO / ".venv-vllm"))
 
 
 def prepare_data(out: Path) -> Path:
@@ -46,13 +53,16 @@ def prepare_data(out: Path) -> Path:
     return out
 
 
-def ours(data_dir: Path, model_dir: Path, workdir: Path, steps: int) -> dict[str, float]:
-    """Mean ``timing_s/*`` of main_ppo steps 2..steps."""
+def ours(data_dir: Path, model_dir: Path, workdir: Path, steps: int, rollout: str = "hf") -> dict[str, float]:
+    """Mean ``timing_s/*`` of main_ppo steps 2..steps with the ``rollout`` backend (``vllm`` runs from .venv-vllm)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     metrics_file = workdir / "metrics.jsonl"
     env = {**os.environ, "DATA_DIR": str(data_dir), "MODEL_PATH": str(model_dir), "CKPT_DIR": str(workdir / "ckpt"),
            "AM3_JUDGE_BACKEND": "heuristic", "VERL_FILE_LOGGER_PATH": str(metrics_file)}  # fmt: skip
-    command = ["bash", str(RECIPE), f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", "trainer.test_freq=-1",
-               "trainer.logger=[console,file]"]  # fmt: skip
+    if rollout == "vllm":
+        env["PATH"] = f"{VLLM_VENV / 'bin'}{os.pathsep}{env['PATH']}"
+    command = ["bash", str(RECIPE), f"actor_rollout_ref.rollout.name={rollout}", f"trainer.total_training_steps={steps}",
+               "trainer.save_freq=-1", "trainer.test_freq=-1", "trainer.logger=[console,file]"]  # fmt: skip
     with open(workdir / "main_ppo.log", "w") as log:
         subprocess.run(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1800)
     from am3_verl.demo_report import read_step_metrics
@@ -145,27 +155,37 @@ def baseline(data_dir: Path, model_dir: Path, steps: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4, help="steps per side; the first is warm-up (default 4)")
+    parser.add_argument("--no_vllm", action="store_true", help="skip the vLLM column (needs .venv-vllm, `make setup-vllm`)")
     args = parser.parse_args()
     from am3_verl.local.rollout import default_model_dir
     from am3_verl.local.tiny_models import build_all
 
-    model_dir = build_all(default_model_dir().parent)["qwen2_5_vl"]
+    models = build_all(default_model_dir().parent)
+    rounded = lambda split: {k: round(v, 3) for k, v in split.items()}  # noqa: E731
+    vllm_column = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir = prepare_data(tmp / "data")
-        (tmp / "run").mkdir()
-        ours_s = ours(data_dir, model_dir, tmp / "run", args.steps)
-        base_s = baseline(data_dir, model_dir, args.steps)
+        ours_s = ours(data_dir, models["qwen2_5_vl"], tmp / "run", args.steps)
+        base_s = baseline(data_dir, models["qwen2_5_vl"], args.steps)
+        if not args.no_vllm:
+            hf_s = ours(data_dir, models["qwen2_5_vl_h128"], tmp / "run-hf-h128", args.steps)
+            vllm_s = ours(data_dir, models["qwen2_5_vl_h128"], tmp / "run-vllm-h128", args.steps, rollout="vllm")
+            vllm_column = {"model": "tiny qwen2_5_vl_h128", "hf_s": rounded(hf_s), "vllm_s": rounded(vllm_s),
+                           "vllm_over_hf": {k: round(vllm_s[k] / hf_s[k], 3) for k in ("gen", "update_weights", "step")}}  # fmt: skip
     ratio = ours_s["step"] / base_s["step"]
     sync_share = ours_s["update_weights"] / ours_s["step"]
     verdict = "met" if ratio <= 1.5 and sync_share < 0.10 else "missed"
     print(f"main_ppo step {ours_s['step']:.2f}s vs direct {base_s['step']:.2f}s (ratio {ratio:.2f}, target <= 1.5); "
           f"weight sync {100 * sync_share:.1f}% of the step (target < 10%): {verdict}")  # fmt: skip
+    if vllm_column:
+        print(f"head-dim-32 model: vLLM rollout step {vllm_column['vllm_s']['step']:.2f}s (generation {vllm_column['vllm_s']['gen']:.2f}s) "
+              f"vs hf rollout {vllm_column['hf_s']['step']:.2f}s ({vllm_column['hf_s']['gen']:.2f}s)")  # fmt: skip
     print(json.dumps({
         "benchmark": "ppo_step", "model": "tiny qwen2_5_vl", "dialogues_x_rollouts": f"{PROMPTS}x{ROLLOUTS}", "steps_timed": args.steps - 1,
-        "ours_s": {k: round(v, 3) for k, v in ours_s.items()}, "baseline_s": {k: round(v, 3) for k, v in base_s.items()},
+        "ours_s": rounded(ours_s), "baseline_s": rounded(base_s),
         "ratio": round(ratio, 3), "weight_sync_share": round(sync_share, 4), "targets": {"ratio": 1.5, "weight_sync_share": 0.10},
-        "verdict": verdict, "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "verdict": verdict, "vllm": vllm_column, "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }))  # fmt: skip
 
 

@@ -20,6 +20,18 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CPU_RECIPE = REPO / "recipes" / "grpo" / "am3_grpo_tiny_cpu.sh"
 RUN_TIMEOUT_S = 900
 
+AM3_STEP_KEYS = {
+    "am3/harmless/mean", "am3/helpful/mean", "am3/reward/mean", "am3/asr", "am3/dialogue_asr",
+    "am3/judge_failed_turns", "am3/judge_failure_rate", "am3/unscored_rollouts", "am3/rollouts_without_turns",
+    "am3/assistant_turns/mean", "am3/refusal_rate", "am3/refusal_unknown_rollouts", "am3/alpha/entropy/mean",
+    "am3/alpha/normalized_entropy/mean", "am3/alpha/max_weight/mean", "am3/alpha/turn_1/mean",
+    "am3/sync/logprob_abs_diff/max", "am3/sync/logprob_abs_diff/mean",
+}  # fmt: skip
+"""The am3/* metrics every training step logs."""
+HF_SYNC_TOLERANCE = 1e-3
+"""Largest per-token |rollout log-prob - actor old_log_prob| accepted from the ``hf`` backend with weights synced
+(fp32 on both sides, the same transformers model)."""
+
 
 @dataclass
 class PPORun:

@@ -14,19 +14,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from ppo_helpers import REPO, run_tiny_recipe
+from ppo_helpers import AM3_STEP_KEYS, HF_SYNC_TOLERANCE, REPO, run_tiny_recipe
 
 pytestmark = pytest.mark.slow
-
-AM3_STEP_KEYS = {
-    "am3/harmless/mean", "am3/helpful/mean", "am3/reward/mean", "am3/asr", "am3/dialogue_asr",
-    "am3/judge_failed_turns", "am3/judge_failure_rate", "am3/unscored_rollouts", "am3/rollouts_without_turns",
-    "am3/assistant_turns/mean", "am3/refusal_rate", "am3/refusal_unknown_rollouts", "am3/alpha/entropy/mean",
-    "am3/alpha/normalized_entropy/mean", "am3/alpha/max_weight/mean", "am3/alpha/turn_1/mean",
-    "am3/sync/logprob_abs_diff/max", "am3/sync/logprob_abs_diff/mean",
-}  # fmt: skip
-SYNC_TOLERANCE = 1e-3
-"""Largest per-token |rollout log-prob - actor old_log_prob| accepted with weights synced (fp32 on both sides)."""
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +59,7 @@ def test_am3_grpo_trains_two_steps_through_main_ppo(am3_run):
 
 def test_rollout_weights_follow_the_actor_every_step(am3_run):
     for step in (1, 2):
-        assert am3_run.metrics[step]["am3/sync/logprob_abs_diff/max"] < SYNC_TOLERANCE
+        assert am3_run.metrics[step]["am3/sync/logprob_abs_diff/max"] < HF_SYNC_TOLERANCE
 
 
 def test_without_weight_sync_rollout_and_actor_diverge(tmp_path, rl_data_dir, tiny_qwen_dir, judge_env):
@@ -79,8 +69,8 @@ def test_without_weight_sync_rollout_and_actor_diverge(tmp_path, rl_data_dir, ti
         tmp_path, rl_data_dir, tiny_qwen_dir, "actor_rollout_ref.rollout.name=hf_stale",
         "trainer.total_training_steps=2", "trainer.save_freq=-1", "trainer.test_freq=-1", env=env,
     ).check()  # fmt: skip
-    assert run.metrics[1]["am3/sync/logprob_abs_diff/max"] < SYNC_TOLERANCE  # same initial weights
-    assert run.metrics[2]["am3/sync/logprob_abs_diff/max"] > 10 * SYNC_TOLERANCE
+    assert run.metrics[1]["am3/sync/logprob_abs_diff/max"] < HF_SYNC_TOLERANCE  # same initial weights
+    assert run.metrics[2]["am3/sync/logprob_abs_diff/max"] > 10 * HF_SYNC_TOLERANCE
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, am3_run, rl_data_dir, tiny_qwen_dir, judge_env):

@@ -17,7 +17,7 @@ from verl.utils.config import omega_conf_to_dataclass, validate_config
 from verl.utils.import_utils import resolve_config_path
 
 from am3_verl.advantage.config import resolve_am3_config
-from recipe_overrides import RECIPES, compose, recipe_overrides
+from recipe_overrides import RECIPES, REPO, compose, recipe_overrides
 
 GRPO_RECIPES = sorted((RECIPES / "grpo").glob("*.sh"))
 
@@ -91,6 +91,29 @@ def test_the_tiny_cpu_recipe_is_the_8gpu_recipe_with_size_device_and_backend_ove
     assert judge == {"+reward.custom_reward_function.reward_kwargs.backend=openai",
                      "+reward.custom_reward_function.reward_kwargs.base_url=http://judge-host:8000/v1",
                      "+reward.custom_reward_function.reward_kwargs.model=judge"}  # fmt: skip
+
+
+def test_the_tiny_cpu_recipe_with_vllm_adds_only_cpu_vllm_settings_and_the_head_dim_32_model(rl_data_dir, tmp_path, vllm_lora_rank_check):
+    env = recipe_env(rl_data_dir, "unused", tmp_path)
+    del env["MODEL_PATH"]  # the recipe's own default: the tiny model vLLM's CPU attention serves
+    script = RECIPES / "grpo" / "am3_grpo_tiny_cpu.sh"
+    hf = recipe_overrides(script, env)
+    vllm = recipe_overrides(script, env, "actor_rollout_ref.rollout.name=vllm")
+    added = set(vllm) - set(hf)
+    assert {o.split("=", 1)[0] for o in added} == {
+        "actor_rollout_ref.rollout.name",
+        "actor_rollout_ref.model.path",
+        "actor_rollout_ref.rollout.gpu_memory_utilization",
+        "actor_rollout_ref.rollout.enforce_eager",
+        "+actor_rollout_ref.rollout.enable_sleep_mode",
+        "actor_rollout_ref.rollout.dtype",
+        "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes",
+    }
+    assert f"actor_rollout_ref.model.path={REPO / '.venv' / 'am3-tiny-models' / 'qwen2_5_vl_h128'}" in vllm
+    config = compose("ppo_trainer", vllm)
+    OmegaConf.resolve(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert config.actor_rollout_ref.rollout.name == "vllm" and config.actor_rollout_ref.rollout.enforce_eager
 
 
 @pytest.mark.parametrize("script", GRPO_RECIPES, ids=lambda p: p.name)
