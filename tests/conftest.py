@@ -33,3 +33,12 @@ def tiny_qwen_dir(tiny_models_dir) -> Path:
 def tiny_llava_dir(tiny_models_dir) -> Path:
     """The tiny LLaVA-NeXT folder."""
     return tiny_models_dir / "llava_next"
+
+
+@pytest.fixture(scope="session")
+def vllm_venv() -> Path:
+    """The vLLM CPU environment (``make setup-vllm``; ``AM3_VLLM_VENV`` names another). Missing, the test fails."""
+    venv = Path(os.environ.get("AM3_VLLM_VENV", Path(__file__).resolve().parents[1] / ".venv-vllm"))
+    if not (venv / "bin" / "python").is_file():
+        pytest.fail(f"no vLLM CPU environment at {venv}: build it with `make setup-vllm` (or set AM3_VLLM_VENV)")
+    return venv

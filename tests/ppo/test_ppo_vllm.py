@@ -13,7 +13,6 @@ Nothing is mocked; the negative control replaces only the training workers' adap
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -61,12 +60,9 @@ def vllm_sync_tolerance(mask_offset):
 
 
 @pytest.fixture(scope="module")
-def vllm_env(judge_env):
+def vllm_env(judge_env, vllm_venv):
     """The environment of a vLLM run: the loopback judge, and the vLLM CPU environment first on PATH."""
-    venv = Path(os.environ.get("AM3_VLLM_VENV", REPO / ".venv-vllm"))
-    if not (venv / "bin" / "python").is_file():
-        pytest.fail(f"no vLLM CPU environment at {venv}: build it with `make setup-vllm` (or set AM3_VLLM_VENV)")
-    return {**judge_env, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    return {**judge_env, "PATH": f"{vllm_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 
 
 @pytest.fixture(scope="module")
