@@ -9,7 +9,7 @@ Modules: :mod:`.cpu` (CPU platform: process groups, FSDP engines, offload), :mod
 adapter registry), :mod:`.qwen2_vl` (a verl bug), :mod:`.processors` (``hf_processor`` and the
 LLaVA-NeXT image processor), :mod:`.continuous_token` (the LLaVA-NeXT token builder), :mod:`.trainer`
 (per-step metrics and trainer modes), :mod:`.vllm_plugin` and :mod:`.vllm_llava_next` (vLLM's CPU linear
-layers and LLaVA-NeXT weight names; vLLM applies them through am3-verl's ``vllm.general_plugins`` entry
+layers, LLaVA-NeXT's weight names and expanded prompts; vLLM applies them through am3-verl's ``vllm.general_plugins`` entry
 point, gated on its own vLLM version). The last entry
 of :data:`REACHES` is a reliance, not a patch: :mod:`am3_verl.env.output` needs verl to call
 ``as_dict()`` after the streaming reward.
@@ -120,6 +120,12 @@ REACHES: tuple[Reach, ...] = (
         "vLLM 0.24.0 model_executor/models/llava_next.py:228 (every platform; the vllm.general_plugins entry point)",
         "am3_verl.compat.vllm_llava_next",
         "vLLM mapping transformers 5's CLIP vision-tower weight names",
+    ),
+    Reach(
+        "vllm BaseMultiModalProcessor._apply_hf_processor_main (LLaVA-NeXT token prompts already expanded)",
+        "vLLM 0.24.0 multimodal/processing/processor.py:1258 (every platform; registered with MULTIMODAL_REGISTRY)",
+        "am3_verl.compat.vllm_llava_next",
+        "verl collapsing LLaVA's <image> runs before vLLM (as qwen2_5_vl_dedup_image_tokens does for Qwen-VL)",
     ),
     Reach(
         "AgentLoopOutput.as_dict() called after the streaming reward",

@@ -11,11 +11,12 @@ applies here has no public hook, so it is checked against :data:`VLLM_VERSION` f
   into parameter (torch.Size([0]))". With ``remove_weight=False`` (what vLLM's own embedding layer
   passes) the load succeeds, and verl calls ``process_weights_after_loading`` after the last bucket,
   which repacks from the new weights; the cost is a second copy of each linear weight in host memory.
-* :func:`register_llava_next_weight_names` (every platform): transformers 5 names the CLIP vision tower
-  of LLaVA-NeXT without its ``vision_model.`` level; verl's weight sync sends those names and vLLM 0.24's
-  ``LlavaNextForConditionalGeneration`` knows only the older ones, so its first sync fails with "There is
-  no module or parameter named 'vision_tower.embeddings'". :mod:`.vllm_llava_next` maps them, registered
-  for the architecture through vLLM's public ``ModelRegistry``.
+* :func:`register_llava_next` (every platform): verl's vLLM rollout of LLaVA-NeXT, trained with
+  transformers 5, failed twice. Its first weight sync stopped with "There is no module or parameter named
+  'vision_tower.embeddings'" (transformers 5 names the CLIP vision tower without vLLM's ``vision_model.``
+  level), and vLLM expanded the already expanded ``<image>`` tokens of verl's token prompts again (the
+  rollout saw other sequences than the actor: log-prob gap 0.11 per token). :mod:`.vllm_llava_next`
+  fixes both, registered for the architecture through vLLM's public ``ModelRegistry``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def register() -> None:
 
     if current_platform.is_cpu():
         keep_cpu_linear_weights()
-    register_llava_next_weight_names()
+    register_llava_next()
 
 
 def keep_cpu_linear_weights() -> None:
@@ -77,7 +78,7 @@ def keep_cpu_linear_weights() -> None:
     utils.dispatch_cpu_unquantized_gemm = dispatch_keeping_weight
 
 
-def register_llava_next_weight_names() -> None:
+def register_llava_next() -> None:
     """Serve LLaVA-NeXT with :class:`.vllm_llava_next.LlavaNextWithTransformers5Names` (imported when first built)."""
     from vllm import ModelRegistry
 

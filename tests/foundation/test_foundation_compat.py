@@ -39,6 +39,10 @@ PINNED_REACHES = [
         "vllm LlavaNextForConditionalGeneration.hf_to_vllm_mapper (subclass registered through ModelRegistry)",
         "am3_verl.compat.vllm_llava_next",
     ),
+    (
+        "vllm BaseMultiModalProcessor._apply_hf_processor_main (LLaVA-NeXT token prompts already expanded)",
+        "am3_verl.compat.vllm_llava_next",
+    ),
     ("AgentLoopOutput.as_dict() called after the streaming reward", "am3_verl.env.output"),
 ]
 
