@@ -90,7 +90,7 @@ CPU_OVERRIDES=(
 if [[ "$ROLLOUT" == vllm ]]; then
   # vLLM's CPU build: its KV cache is host memory (VLLM_CPU_KVCACHE_SPACE GiB, and gpu_memory_utilization
   # is a fraction of system RAM), no CUDA graphs, no sleep mode (it frees GPU memory only). vLLM keeps
-  # each linear weight next to its oneDNN packing (am3_verl/compat/vllm_cpu.py) so weights can sync.
+  # each linear weight next to its oneDNN packing (am3_verl/compat/vllm_plugin.py) so weights can sync.
   export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
   CPU_OVERRIDES+=(
     actor_rollout_ref.rollout.gpu_memory_utilization=0.15
