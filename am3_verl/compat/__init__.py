@@ -9,10 +9,10 @@ Modules: :mod:`.cpu` (CPU platform: process groups, FSDP engines, offload), :mod
 adapter registry), :mod:`.qwen2_vl` (a verl bug), :mod:`.processors` (``hf_processor`` and the
 LLaVA-NeXT image processor), :mod:`.continuous_token` (the LLaVA-NeXT token builder), :mod:`.trainer`
 (per-step metrics and trainer modes), :mod:`.vllm_plugin` and :mod:`.vllm_llava_next` (vLLM's CPU linear
-layers, LLaVA-NeXT's weight names and expanded prompts; vLLM applies them through am3-verl's ``vllm.general_plugins`` entry
-point, gated on its own vLLM version). The last entry
-of :data:`REACHES` is a reliance, not a patch: :mod:`am3_verl.env.output` needs verl to call
-``as_dict()`` after the streaming reward.
+layers, LLaVA-NeXT's weight names and expanded prompts; vLLM applies them through am3-verl's
+``vllm.general_plugins`` entry point, gated on its own vLLM version). The last entry of :data:`REACHES`
+is a reliance, not a patch: :mod:`am3_verl.env.output` needs verl to call ``as_dict()`` after the
+streaming reward.
 """
 
 from __future__ import annotations

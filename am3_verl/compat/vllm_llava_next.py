@@ -7,7 +7,8 @@
 * Expanded prompts. verl's agent loops tokenise with the Hugging Face processor, so each ``<image>`` of a
   token prompt is already expanded to the image's feature count. vLLM 0.24 takes a token prompt as
   unexpanded and expands the first ``<image>`` of each run again, so the model sees another sequence
-  than the actor (measured: 48 prompt tokens became 71; log-probs off by 0.05 per token). verl
+  than the actor (measured: 48 prompt tokens became 71; log-probs off by 0.05 per token offline and
+  0.11 in ``main_ppo``). verl
   collapses Qwen-VL's image pads for this reason (``qwen2_5_vl_dedup_image_tokens``), not LLaVA's. A
   token prompt with more ``<image>`` tokens than images is taken as already expanded: vLLM then locates
   each image's tokens (and refuses a count that does not match) instead of inserting them.
