@@ -20,27 +20,36 @@ for transport, protocol or answer problems.
   rejects as malformed (:class:`Failure` with ``retryable``) and, optionally, answers the caller's parser
   rejects (``ValueError``) are retried up to ``max_attempts`` with exponential backoff plus jitter (a
   ``Retry-After`` header is honoured up to ``backoff_max_s``). Other 4xx (bad request, bad key) fail at once.
+* **Redirects**: a same-origin 307/308 is followed (up to :data:`MAX_REDIRECTS`, within the attempt's
+  deadline); any other redirect fails the call at once as ``redirect``, naming where it pointed. Above all
+  the body (a dialogue) is never re-sent to another origin.
 * **Usage**: the ``usage`` object of every answered attempt is summed into :attr:`Result.usage`, also for
   attempts whose answer was then rejected (they cost tokens too).
 * **Secrets**: the key (from the endpoint's ``api_key_env``) is sent only in the ``Authorization``
-  header and redacted (:func:`redact`, every encoding of it) from error texts, answers and log lines.
+  header and redacted (:func:`redact`, however the text encodes it) from error texts, answers and log
+  lines; so is the password of credentials in ``base_url`` (sent as Basic auth), and the credentials
+  themselves never appear in a log line, an error or a repr (:func:`~am3_verl.clients.endpoint.strip_userinfo`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import html
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Generic, Mapping, TypeVar
-from urllib.parse import quote, quote_plus
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from yarl import URL
 
-from am3_verl.clients.endpoint import EndpointConfig, endpoint_limiter, per_loop
+from am3_verl.clients.endpoint import EndpointConfig, endpoint_limiter, per_loop, strip_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,9 @@ T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 """4xx statuses worth retrying (timeout, conflict, rate limit); every 5xx is retried too."""
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 3
+"""Same-origin 307/308 redirects followed within one attempt."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,8 @@ class Result(Generic[T]):
     error: str | None = None
     """Why the last attempt failed (None when ``ok``)."""
     error_kind: str | None = None
-    """``timeout``, ``connect``, ``network``, ``http_429``, ``http_5xx``, ``http_4xx``, ``invalid_json``,
-    ``bad_response``, ``parse`` or a kind the caller's ``read`` raised."""
+    """``timeout``, ``connect``, ``network``, ``http_429``, ``http_5xx``, ``http_4xx``, ``redirect``,
+    ``invalid_json``, ``bad_response``, ``parse`` or a kind the caller's ``read`` raised."""
     attempts: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     """Failed attempts by kind (also on success, when earlier attempts failed)."""
@@ -92,18 +104,137 @@ class Failure(Exception):
         self.retry_after = retry_after
 
 
-def secret_encodings(secret: str) -> set[str]:
-    """The forms in which ``secret`` can come back from a server: raw, JSON-escaped, URL-encoded (both styles)."""
-    return {form for form in (secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)) if form}
+SECRET_REPLACEMENT = "***"
+
+_ESCAPE = re.compile(
+    r"\\u[0-9a-fA-F]{4}"  # JSON \uXXXX
+    r'|\\["\\/bfnrt]'  # JSON short escapes, \/ among them
+    r"|&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"  # HTML character references
+    r"|%[0-9a-fA-F]{2}"  # percent-encoding, either case
+)
+_JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_DECODE_ROUNDS = 4
+"""Nesting depth of escapes undone (a key JSON-escaped inside an escaped JSON string is two)."""
+_MIN_BASE64_NEEDLE = 8
+"""Shortest base64 piece of a key that is matched: shorter ones would also hit ordinary text."""
 
 
-def redact(text: str, secret: str | None) -> str:
-    """``text`` with every encoding of ``secret`` (:func:`secret_encodings`) replaced by ``***``."""
-    if not secret or not text:
-        return text
-    for form in sorted(secret_encodings(secret), key=len, reverse=True):
-        text = text.replace(form, "***")
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***``, however the text encodes it.
+
+    The key is found in the text as it is, and in the text with its escapes undone (JSON ``\\uXXXX`` and
+    ``\\/``-style escapes, HTML character references, percent-encoding in either case; nested ones too,
+    and any mix of escaped and plain characters); its base64 forms are found at any alignment (so inside
+    an encoded ``Bearer <key>`` or ``user:<key>`` too). What is replaced is the stretch of the original
+    text that spells the key, whole escapes included."""
+    for secret in secrets:
+        if secret and text:
+            text = _redact_one(text, secret)
     return text
+
+
+def _redact_one(text: str, secret: str) -> str:
+    needles = _needles(secret)
+    fold = " " in secret  # form encoding writes a space as "+": match both
+    spans = _occurrences(text, needles, fold)
+    if ("\\" in text or "&" in text or "%" in text) and _occurrences(_unescaped(text), needles, fold):
+        # the key is there, escaped: only now map each decoded character back to the text it came from
+        decoded, starts, ends = _unescaped_with_origins(text)
+        spans += [(starts[start], ends[end - 1]) for start, end in _occurrences(decoded, needles, fold)]
+    if not spans:
+        return text
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out, position = [], 0
+    for start, end in merged:
+        out += [text[position:start], SECRET_REPLACEMENT]
+        position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _occurrences(text: str, needles: tuple[str, ...], fold: bool) -> list[tuple[int, int]]:
+    """``(start, end)`` of every occurrence of every needle in ``text`` (with ``fold``, a space matches ``+``)."""
+    haystack = text.replace(" ", "+") if fold else text
+    found = []
+    for needle in needles:
+        start = haystack.find(needle)
+        while start != -1:
+            found.append((start, start + len(needle)))
+            start = haystack.find(needle, start + 1)
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _needles(secret: str) -> tuple[str, ...]:
+    """What spells ``secret``: the key, the key with its own escapes undone, its whole base64 forms, and
+    for each of the three byte alignments the part of its base64 that only the key's bits decide."""
+    found = {secret, _unescaped(secret)}
+    raw = secret.encode("utf-8")
+    whole = base64.b64encode(raw).decode()
+    found |= {whole, whole.rstrip("=")}
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        # character i holds bits [6i, 6i + 6): keep those inside the key's bits [8 * offset, 8 * (offset + len))
+        middle = encoded[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6]
+        if len(middle) >= _MIN_BASE64_NEEDLE:
+            found.add(middle)
+    found |= {form.translate(_URLSAFE) for form in list(found)}
+    if " " in secret:
+        found = {form.replace(" ", "+") for form in found}
+    return tuple(sorted(found - {""}, key=len, reverse=True))
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _unescaped(text: str) -> str:
+    """``text`` with its escapes undone, up to :data:`_DECODE_ROUNDS` levels deep."""
+    for _ in range(_DECODE_ROUNDS):
+        decoded = _ESCAPE.sub(lambda match: _unescape(match.group()) or match.group(), text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _unescaped_with_origins(text: str) -> tuple[str, list[int], list[int]]:
+    """:func:`_unescaped` of ``text``, and for each of its characters the start and end in ``text`` of
+    what it was decoded from."""
+    starts, ends = list(range(len(text))), list(range(1, len(text) + 1))
+    for _ in range(_DECODE_ROUNDS):
+        chars: list[str] = []
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        position = 0
+        for match in _ESCAPE.finditer(text):
+            char = _unescape(match.group())
+            if char is None:
+                continue
+            start, end = match.span()
+            chars += [text[position:start], char]
+            new_starts += starts[position:start] + [starts[start]]
+            new_ends += ends[position:start] + [ends[end - 1]]
+            position = end
+        if position == 0:
+            break
+        chars.append(text[position:])
+        text, starts, ends = "".join(chars), new_starts + starts[position:], new_ends + ends[position:]
+    return text, starts, ends
+
+
+def _unescape(escape: str) -> str | None:
+    """The one character ``escape`` (one :data:`_ESCAPE` match) stands for, or None."""
+    if escape[0] == "%":
+        return chr(int(escape[1:], 16))
+    if escape[0] == "\\":
+        return chr(int(escape[2:], 16)) if escape[1] == "u" else _JSON_SHORT[escape[1]]
+    char = html.unescape(escape)
+    return char if len(char) == 1 else None
 
 
 class Transport:
@@ -122,15 +253,19 @@ class Transport:
         self.endpoint = endpoint
         self._sleep = sleep
         self.url = endpoint.base_url.rstrip("/") + path
+        self.shown_url = strip_userinfo(self.url)
+        """:attr:`url` without the credentials it may carry: what logs and errors show."""
         self.retry_rejected = retry_rejected
         self._api_key = endpoint.api_key()
+        self._wire_url = URL(self.url)
+        self._secrets = tuple(secret for secret in (self._api_key, self._wire_url.password) if secret)
         self._sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator]] = {}
         self._backoff = wait_exponential_jitter(
             multiplier=endpoint.backoff_initial_s, max=endpoint.backoff_max_s, jitter=endpoint.backoff_initial_s
         )
 
     def __repr__(self) -> str:
-        return f"Transport({self.url!r}, model={self.endpoint.model!r})"
+        return f"Transport({self.shown_url!r}, model={self.endpoint.model!r})"
 
     async def call(self, body: Callable[[], Mapping[str, Any]], read: Callable[[dict[str, Any]], tuple[T, str | None]]) -> Result[T]:
         """One call with retries. ``body()`` builds the request (called once, when the first attempt gets its
@@ -162,13 +297,13 @@ class Transport:
                         value, content = await self._attempt(encoded, read, usage)
                     except Failure as exc:
                         failures[exc.kind] += 1
-                        logger.debug("attempt %d to %s failed (%s): %s", attempts, self.url, exc.kind, exc)
+                        logger.debug("attempt %d to %s failed (%s): %s", attempts, self.shown_url, exc.kind, exc)
                         raise
                     return Result(
                         True, value, content, None, None, attempts, dict(failures), time.perf_counter() - start, sum(usage, Usage())
                     )
         except Failure as exc:
-            logger.warning("request to %s failed after %d attempt(s): %s: %s", self.url, attempts, exc.kind, str(exc)[:300])
+            logger.warning("request to %s failed after %d attempt(s): %s: %s", self.shown_url, attempts, exc.kind, str(exc)[:300])
             return Result(False, None, None, str(exc), exc.kind, attempts, dict(failures), time.perf_counter() - start, sum(usage, Usage()))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -183,33 +318,68 @@ class Transport:
         try:
             status, text, retry_after = await self._post(encoded)
             # an endpoint may echo the key, in its error text or in the answer (there possibly escaped twice)
-            answer = _redacted(_answer(status, redact(text, self._api_key), retry_after), self._api_key)
+            answer = _redacted(_answer(status, redact(text, *self._secrets), retry_after), self._secrets)
             usage.append(_usage_of(answer))
             try:
                 value, content = read(answer)
             except ValueError as exc:  # the caller rejected the answer
                 raise Failure("parse", str(exc), self.retry_rejected) from None
         except Failure as exc:
-            redacted = redact(str(exc), self._api_key)
-            if redacted != str(exc):
-                raise Failure(exc.kind, redacted, exc.retryable, exc.retry_after) from None
+            shown = redact(strip_userinfo(str(exc)), *self._secrets)
+            if shown != str(exc):
+                raise Failure(exc.kind, shown, exc.retryable, exc.retry_after) from None
             raise
         return value, content
 
     async def _post(self, encoded: Callable[[], bytes]) -> tuple[int, str, float | None]:
+        """POST the body; follow same-origin 307/308 redirects, refuse every other one (:meth:`_redirect`)."""
         session = await self._session()
-        timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout_s, sock_connect=self.endpoint.connect_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.endpoint.timeout_s
+        url = self._wire_url
         async with endpoint_limiter(self.endpoint):
             try:
-                async with session.post(self.url, data=encoded(), timeout=timeout) as response:
-                    raw = await response.read()
-                    return response.status, raw.decode("utf-8", "replace"), _retry_after(response.headers.get("Retry-After"))
+                for _ in range(MAX_REDIRECTS + 1):
+                    timeout = aiohttp.ClientTimeout(total=max(deadline - loop.time(), 1e-3), sock_connect=self.endpoint.connect_timeout_s)
+                    async with session.post(url, data=encoded(), timeout=timeout, allow_redirects=False) as response:
+                        if response.status not in REDIRECT_STATUS:
+                            raw = await response.read()
+                            return response.status, raw.decode("utf-8", "replace"), _retry_after(response.headers.get("Retry-After"))
+                        url = self._redirect(url, response.status, response.headers.get("Location"))
+                raise Failure("redirect", f"more than {MAX_REDIRECTS} redirects from {self.shown_url}: a redirect loop", retryable=False)
             except asyncio.TimeoutError:  # aiohttp's timeouts subclass it; checked before ClientError
                 raise Failure("timeout", f"no answer within {self.endpoint.timeout_s:g} s") from None
             except aiohttp.ClientConnectorError as exc:
                 raise Failure("connect", f"cannot connect: {exc}") from None
             except (aiohttp.ClientError, OSError) as exc:  # resets, EOF mid-response, malformed HTTP
                 raise Failure("network", f"{type(exc).__name__}: {exc}") from None
+
+    def _redirect(self, url: URL, status: int, location: str | None) -> URL:
+        """Where a redirect of a POST to ``url`` may be followed: a 307/308 within the same origin (scheme,
+        host, port). Any other redirect fails the attempt, not retried: one to another origin would hand it
+        the dialogue, and a 301-303 would turn the POST into a GET."""
+        try:
+            target = url.join(URL(location or ""))
+        except ValueError:
+            target = None
+        if not location or target is None or not target.is_absolute():
+            raise Failure("redirect", f"HTTP {status} redirect from {self.shown_url} without a usable Location", retryable=False)
+        origin = f"{target.scheme}://{target.host}:{target.port}"
+        if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+            raise Failure(
+                "redirect",
+                f"HTTP {status} redirect from {self.shown_url} to another origin, {origin}: not followed, so nothing "
+                "was sent there. Set base_url to the server that answers, if it is to be trusted with the dialogues",
+                retryable=False,
+            )
+        if status not in (307, 308):
+            raise Failure(
+                "redirect",
+                f"HTTP {status} redirect from {self.shown_url} to {strip_userinfo(str(target))}: following it would turn the "
+                "POST into a GET. Set base_url so that the request reaches the server without a redirect",
+                retryable=False,
+            )
+        return target
 
     async def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -265,16 +435,16 @@ def _answer(status: int, text: str, retry_after: float | None) -> dict[str, Any]
     return answer
 
 
-def _redacted(value: Any, secret: str | None) -> Any:
+def _redacted(value: Any, secrets: tuple[str, ...]) -> Any:
     """``value`` (decoded JSON) with :func:`redact` applied to every string in it."""
-    if not secret:
+    if not secrets:
         return value
     if isinstance(value, str):
-        return redact(value, secret)
+        return redact(value, *secrets)
     if isinstance(value, dict):
-        return {key: _redacted(item, secret) for key, item in value.items()}
+        return {key: _redacted(item, secrets) for key, item in value.items()}
     if isinstance(value, list):
-        return [_redacted(item, secret) for item in value]
+        return [_redacted(item, secrets) for item in value]
     return value
 
 

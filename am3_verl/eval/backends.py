@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import httpx
+from pydantic import ValidationError
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
 from am3_verl.clients.chat import ChatClient
-from am3_verl.clients.endpoint import EndpointConfig
+from am3_verl.clients.endpoint import EndpointConfig, strip_userinfo
+from am3_verl.clients.structured import validation_problems
 from am3_verl.clients.images import image_data_url
 
 API_KEY_ENV = "AM3_EVAL_API_KEY"
@@ -202,9 +204,9 @@ def discover_model_name(base_url: str, api_key: str | None = None, timeout_s: fl
         response.raise_for_status()
         names = [entry["id"] for entry in response.json()["data"]]
     except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"cannot list the models at {base_url} ({exc}); pass --model_name") from None
+        raise ValueError(strip_userinfo(f"cannot list the models at {base_url} ({exc}); pass --model_name")) from None
     if len(names) != 1:
-        raise ValueError(f"{base_url} serves {len(names)} models ({', '.join(names)}); pass --model_name")
+        raise ValueError(f"{strip_userinfo(base_url)} serves {len(names)} models ({', '.join(names)}); pass --model_name")
     return names[0]
 
 
@@ -220,15 +222,20 @@ def open_model(
     """``spec`` is an ``http(s)://.../v1`` endpoint or a local model folder; raises ``ValueError`` otherwise.
 
     For an endpoint, the settings left None take :class:`EndpointConfig`'s defaults; its key, if any, is
-    read from ``AM3_EVAL_API_KEY``."""
+    read from ``AM3_EVAL_API_KEY``. The settings are checked before any request (listing the models)."""
     if spec.startswith(("http://", "https://")):
         api_key = os.environ.get(API_KEY_ENV) or None
-        name = model_name or discover_model_name(spec, api_key)
-        settings = {"timeout_s": timeout_s, "max_attempts": max_attempts, "max_concurrency": max_concurrency}
-        endpoint = EndpointConfig(
-            base_url=spec, model=name, api_key_env=API_KEY_ENV if api_key else None, **{k: v for k, v in settings.items() if v is not None}
-        )
-        return OpenAIModel(endpoint, params)
+        chosen = {"timeout_s": timeout_s, "max_attempts": max_attempts, "max_concurrency": max_concurrency}
+        settings = {k: v for k, v in chosen.items() if v is not None}
+
+        def endpoint(name: str) -> EndpointConfig:
+            try:
+                return EndpointConfig(base_url=spec, model=name, api_key_env=API_KEY_ENV if api_key else None, **settings)
+            except ValidationError as exc:
+                raise ValueError(f"--model {strip_userinfo(spec)}: {validation_problems(exc)}") from None
+
+        endpoint(model_name or "unnamed")  # bad settings (credentials in the URL and a key) fail before any request
+        return OpenAIModel(endpoint(model_name or discover_model_name(spec, api_key)), params)
     path = Path(spec)
     if not path.is_dir():
         raise ValueError(f"--model {spec!r} is neither an http(s):// endpoint nor a model folder")

@@ -21,7 +21,9 @@ Resumability: each answer and each judgment is appended to ``cache/answers.jsonl
 judge identity, sampling parameters, the exact messages and images). A rerun with the same arguments
 reads them back and only asks for what is missing; failures are never cached, so they are retried.
 Items run concurrently (``concurrency`` at once), and the model and judge clients bound and retry
-their requests (:class:`~am3_verl.clients.chat.ChatClient`).
+their requests (:class:`~am3_verl.clients.chat.ChatClient`). One server may serve both the model and the
+judge: the endpoint then has one limit, the smaller of ``concurrency`` and the judge's, announced in the
+log at the start (:func:`share_endpoint_limits`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -37,8 +40,10 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from am3_verl.atomic import atomic_path, write_text_atomic
 from am3_verl.data.validate import REJECTS_FILE
-from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
+from am3_verl.clients.endpoint import share_limits
+from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, OpenAIModel, open_model
 from am3_verl.eval.cache import JsonlCache, cache_key
 from am3_verl.eval.items import EvalItem, UnevaluableRow, load_items, write_rejects
 from am3_verl.eval.safemt_protocol import (
@@ -63,7 +68,9 @@ from am3_verl.eval.results import (
 from am3_verl.eval.winrate import JudgePairwise, PairwiseRun, pair_tasks, run_pairwise, write_pairwise
 from am3_verl.judges.base import DialogueTurn, Judge, JudgeRequest, TurnJudgment
 from am3_verl.clients.chat import ChatClient
-from am3_verl.judges.config import JudgeConfig, build_judge, resolve_judge_config
+from am3_verl.judges.config import GUARD_BACKENDS, JudgeConfig, build_judge, resolve_judge_config
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 ANSWERS_CACHE = "answers.jsonl"
@@ -362,6 +369,23 @@ async def _run_items(ctx: _Context, work: list[tuple[EvalItem, str]], concurrenc
             await ctx.safemt.aclose()
 
 
+def share_endpoint_limits(model: ModelBackend, judge_config: JudgeConfig) -> tuple[ModelBackend, JudgeConfig]:
+    """``model`` and ``judge_config`` with one limit on each endpoint that serves more than one of the model,
+    the judge and the guard (the smallest they ask for, logged once), instead of the model's and the judge's
+    calls to it asking for two limits, which :func:`~am3_verl.clients.endpoint.endpoint_limiter` refuses."""
+    if not isinstance(model, OpenAIModel):
+        return model, judge_config
+    guard = judge_config.guard if judge_config.backend in GUARD_BACKENDS else None
+    roles = {"the model": model.client.endpoint, "the judge": judge_config.judge, "the guard": guard}
+    shared, notes = share_limits(roles)
+    for note in notes:
+        logger.warning(note)
+    if shared["the model"] != roles["the model"]:
+        model = OpenAIModel(shared["the model"], model.params)
+    updates = {name: shared[f"the {name}"] for name in ("judge", "guard") if shared[f"the {name}"] != roles[f"the {name}"]}
+    return model, judge_config.model_copy(update=updates) if updates else judge_config
+
+
 def _safemt_judge(config: RunConfig, judge_config: JudgeConfig):
     """SafeMT's templates when ``config`` asks for its protocol (checked up front), else None."""
     if config.judge_protocol not in PROTOCOLS:
@@ -514,7 +538,8 @@ def _run_eval(config: RunConfig) -> RunSummary:
             rejects.append(UnevaluableRow(file, int(row), item.id, field_name, reason))
         else:
             work.append((item, mode))
-    write_rejects(out / REJECTS_FILE, rejects)
+    with atomic_path(out / REJECTS_FILE) as partial:
+        write_rejects(partial, rejects)
     if not work:
         raise ValueError(
             f"no row can be evaluated: all {loaded.read} rejected (see {out / REJECTS_FILE}); first: {rejects[0] if rejects else '-'}"
@@ -527,6 +552,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
         max_attempts=config.model_max_attempts,
         max_concurrency=max(config.concurrency, 1),
     )
+    model, judge_config = share_endpoint_limits(model, judge_config)
     judge = build_judge(judge_config)
     if safemt is not None:
         safemt = SafeMTJudge(ChatClient(judge_config.judge), safemt, temperature=config.safemt_temperature)
@@ -569,7 +595,7 @@ def _run_eval(config: RunConfig) -> RunSummary:
         "rejected": len(rejects),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / RUN_FILE).write_text(json.dumps(run_info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(out / RUN_FILE, json.dumps(run_info, indent=2, ensure_ascii=False) + "\n")
     pairwise = None
     if config.baseline is not None:
         pairwise = compare_runs(out, config.baseline, judge_config, concurrency=config.concurrency, progress=config.progress)

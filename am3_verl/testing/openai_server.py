@@ -24,6 +24,10 @@ callable of ``(index, request_json)``). Kinds (:data:`FAULT_KINDS`):
 * ``invalid_json`` – status 200, ``application/json``, a truncated JSON body;
 * ``no_choices`` – status 200, valid JSON without ``choices``.
 
+Two more misbehaviours of real deployments: ``FaultPlan.error_body`` makes the error answers echo the
+request's headers (servers that quote the presented key back, in their own encoding), and
+``FaultPlan.redirect`` answers requests with a redirect (a proxy that sends clients elsewhere).
+
 Every request also waits ``latency_s`` (+ uniform jitter) first; waits are ``asyncio.sleep``, so
 hundreds of concurrent slow requests cost no threads. :meth:`LoopbackOpenAIServer.stats` counts
 requests (total, served, per fault kind, peak in flight, rejected) and
@@ -50,7 +54,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence, Union
+from typing import Any, Awaitable, Callable, Mapping, Sequence, Union
 
 from aiohttp import web
 
@@ -62,6 +66,7 @@ FAULT_KINDS: tuple[str, ...] = ("latency", "timeout", "http_500", "http_429", "r
 
 Responder = Callable[[dict], Union[str, Awaitable[str]]]
 Schedule = Union[Sequence[Union[str, None]], Callable[[int, dict], Union[str, None]]]
+Redirect = Callable[[int, Any], Union[tuple[int, str], None]]
 
 
 @dataclass
@@ -91,6 +96,14 @@ class FaultPlan:
     completion requests from 0 in arrival order."""
     seed: int = 0
     """Seed of the random draw, so a run's fault sequence (by arrival order) is reproducible."""
+    error_body: Callable[[Mapping[str, str]], str] | None = None
+    """If set, the raw body (served as ``application/json``, written as given) of ``http_500`` and
+    ``http_429`` answers, made from the request's headers: a server that echoes the ``Authorization`` it
+    was shown. Default: an OpenAI-style error object."""
+    redirect: Redirect | None = None
+    """If set, ``redirect(i, request_json)`` may give ``(status, location)``: request ``i`` is then answered
+    with that redirect (``Location: location``) instead of a completion or a fault, after the key check.
+    None for a request answers it as usual."""
 
     def __post_init__(self) -> None:
         total = sum(self.probabilities().values())
@@ -119,7 +132,8 @@ class RecordedRequest:
 
     index: int
     fault: str
-    """``"ok"``, the fault kind injected, or ``"rejected"`` (bad key or invalid body: no fault applied)."""
+    """``"ok"``, the fault kind injected, ``"redirect"`` (answered with a redirect), or ``"rejected"`` (bad
+    key or invalid body: no fault applied)."""
     body: Any
     """The parsed JSON body (or the raw text if it was not JSON)."""
     authorized: bool
@@ -130,7 +144,7 @@ class RecordedRequest:
 
 @dataclass
 class ServerStats:
-    """Request counters; ``total == served + sum(faults.values()) + rejected`` once requests finish.
+    """Request counters; ``total == served + sum(faults.values()) + rejected + redirected`` once requests finish.
 
     ``served`` counts normal answers (a ``latency`` fault is counted under ``faults`` only)."""
 
@@ -140,6 +154,8 @@ class ServerStats:
     rejected: int = 0
     """400 (bad body or image), 401 (missing/wrong key) and responder errors (500)."""
     responder_errors: int = 0
+    redirected: int = 0
+    """Requests answered with a :attr:`FaultPlan.redirect`."""
     in_flight: int = 0
     max_in_flight: int = 0
     models_requests: int = 0
@@ -257,6 +273,7 @@ class LoopbackOpenAIServer:
                 faults=dict(s.faults),
                 rejected=s.rejected,
                 responder_errors=s.responder_errors,
+                redirected=s.redirected,
                 in_flight=s.in_flight,
                 max_in_flight=s.max_in_flight,
                 models_requests=s.models_requests,
@@ -337,12 +354,21 @@ class LoopbackOpenAIServer:
     ) -> web.StreamResponse:
         authorized = self._authorized(request)
         problem, num_images = _validate_chat_body(body) if authorized else (None, 0)
-        recorded_fault = fault if authorized and problem is None else "rejected"
+        redirect = plan.redirect(index, body) if authorized and plan.redirect is not None else None
+        if redirect:
+            recorded_fault = "redirect"
+        else:
+            recorded_fault = fault if authorized and problem is None else "rejected"
         with self._lock:
             self._recent.append(RecordedRequest(index, recorded_fault, body, authorized, num_images, received_at))
         if not authorized:
             self._count(rejected=True)
             return _error(401, "invalid_api_key", "Incorrect API key provided")
+        if redirect:
+            with self._lock:
+                self._stats.redirected += 1
+            status, location = redirect
+            return web.Response(status=status, headers={"Location": location})
         if problem is not None:
             self._count(rejected=True)
             return _error(400, "invalid_request_error", problem)
@@ -364,7 +390,10 @@ class LoopbackOpenAIServer:
             return web.Response(status=504)
         elif fault in ("http_500", "http_429"):
             status = int(fault[-3:])
-            response = _error(status, "server_error" if status == 500 else "rate_limit_exceeded", f"injected HTTP {status}")
+            if plan.error_body is not None:
+                response = web.Response(status=status, text=plan.error_body(request.headers), content_type="application/json")
+            else:
+                response = _error(status, "server_error" if status == 500 else "rate_limit_exceeded", f"injected HTTP {status}")
             if status == 429 and plan.retry_after_s is not None:
                 response.headers["Retry-After"] = f"{plan.retry_after_s:g}"
             return response
