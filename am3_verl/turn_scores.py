@@ -74,11 +74,14 @@ class TurnScores:
 
 
 def dump_turn_scores(scores: TurnScores) -> str:
-    """Serialise ``scores`` for ``reward_extra_info[EXTRA_INFO_KEY]``; :func:`load_turn_scores` inverts it."""
+    """Serialise ``scores`` for ``reward_extra_info[EXTRA_INFO_KEY]``; :func:`load_turn_scores` inverts it.
+
+    A score of ``-0.0`` is written as ``0.0``: which turns failed is said by ``failed``, not by a sign bit.
+    """
     return json.dumps(
         {
-            "harmless": [float(v) for v in scores.harmless],
-            "helpful": [float(v) for v in scores.helpful],
+            "harmless": [float(v) + 0.0 for v in scores.harmless],
+            "helpful": [float(v) + 0.0 for v in scores.helpful],
             "failed": [bool(v) for v in scores.failed],
             "refused": [bool(v) for v in scores.refused],
         },

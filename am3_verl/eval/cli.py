@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -160,8 +161,30 @@ def _fmt(metric: dict[str, Any]) -> str:
     return "n/a" if metric.get("value") is None else f"{metric['value']:.3f}"
 
 
+def _require_folder(path: Path, flag: str) -> None:
+    """Raise ``ValueError`` when ``path`` cannot be a folder: it, or the nearest existing path above it, is not one."""
+    for existing in (path, *path.parents):
+        if existing.exists() or existing.is_symlink():
+            if existing.is_dir():
+                return
+            if existing == path:
+                raise ValueError(f"{flag} {path} exists and is not a folder")
+            raise ValueError(f"{flag} {path} cannot be a folder: {existing} exists and is not a folder")
+
+
+def _os_error_line(exc: OSError, command: str) -> str:
+    """The one-line message for an ``OSError`` that ended a command (a full disk, a folder that cannot be written)."""
+    target = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        again = "rerun the same command to resume" if command in ("run", "compare") else "rerun the command"
+        return (f"no space left on device while writing{target}; outputs are written under temporary names, so no "
+                f"incomplete output was kept. Free some space, then {again}.")  # fmt: skip
+    return f"{exc.strerror or exc}{target}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns the exit status (2 for bad input, with the reason on stderr)."""
+    """Command-line entry; returns the exit status (2 for bad input, with the reason on stderr; 1 when the
+    operating system refused, e.g. a full disk, with one line saying so)."""
     from am3_verl.eval.cache import CacheFormatError
     from am3_verl.eval.lock import OutputFolderBusy, output_folder_lock
     from am3_verl.eval.report import write_report
@@ -172,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in ("run", "general"):
+            _require_folder(args.output_dir, "--output_dir")
+        else:
+            _require_folder(args.results, "--results")
         if args.command == "run":
             config = RunConfig(
                 data=args.data,
@@ -267,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ResultsFormatError, CacheFormatError, OutputFolderBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {_os_error_line(exc, args.command)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.command == "general":
             print("interrupted: the general-ability run writes its outputs only when complete; rerun it.", file=sys.stderr)

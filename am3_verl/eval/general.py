@@ -35,7 +35,8 @@ Outputs in ``--output_dir`` (each written under a temporary name and renamed whe
   ``--safety DIR`` (a safety results folder of ``python -m am3_verl.eval run``), its ASR, Safety Index
   and over-refusal with their baseline next to them;
 * ``rejects.jsonl`` – records that could not be evaluated (file, line, id, field, reason); read =
-  evaluated + rejected.
+  evaluated + rejected. An image that is not a regular file (a FIFO, a device, a folder) or is larger
+  than 64 MiB rejects its record without being read.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from am3_verl.atomic import write_text_atomic
 from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.judges.config import ENV as JUDGE_ENV
-from am3_verl.clients.images import sniff_mime
+from am3_verl.clients.images import MAX_IMAGE_FILE_BYTES, ImageFileError, read_image_file, sniff_mime
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
 from am3_verl.eval.backends import GenerationParams, Message, ModelBackend, open_model
 from am3_verl.eval.bootstrap import bootstrap_statistic
@@ -137,10 +138,29 @@ def _field(record: dict[str, Any], name: str) -> str:
     return value
 
 
-def load_task(path: str | Path) -> tuple[list[GeneralItem], list[GeneralReject], int]:
+def _read_image(task_file: Path, entry: Any, where: str, max_bytes: int) -> bytes:
+    """The encoded bytes of one ``image`` entry (a path relative to ``task_file``'s folder, or absolute).
+
+    Raises ``ValueError`` saying why (not a string, not a regular file, over ``max_bytes``, not an
+    image); the message names the path but never quotes the file's bytes."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError(f"must be a path to an image file, got {type(entry).__name__} {str(entry)[:60]!r}")
+    try:
+        data = read_image_file(task_file.parent / entry, max_bytes, where)
+    except ImageFileError as exc:
+        raise ValueError(exc.reason) from None
+    try:
+        sniff_mime(data)
+    except ValueError as exc:
+        raise ValueError(f"image file {task_file.parent / entry}: {exc}") from None
+    return data
+
+
+def load_task(path: str | Path, max_image_bytes: int = MAX_IMAGE_FILE_BYTES) -> tuple[list[GeneralItem], list[GeneralReject], int]:
     """Read one JSONL task file: (items, rejects, records read); the task is named by the file stem.
 
-    Raises ``FileNotFoundError`` for a missing file."""
+    An image must be a regular file of at most ``max_image_bytes`` (FIFOs, devices and folders are
+    rejected without being read). Raises ``FileNotFoundError`` for a missing file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"general-ability data {path} does not exist")
@@ -185,12 +205,10 @@ def load_task(path: str | Path) -> tuple[list[GeneralItem], list[GeneralReject],
         for k, entry in enumerate(entries if isinstance(entries, list) else [None]):
             where = "image" if isinstance(record.get("image"), str) else f"image[{k}]"
             try:
-                data = (path.parent / entry).read_bytes()
-                sniff_mime(data)
-            except (TypeError, OSError, ValueError) as exc:
-                reject(record_id, where, f"unreadable image {entry!r}: {exc}")
+                images.append(_read_image(path, entry, where, max_image_bytes))
+            except ValueError as exc:
+                reject(record_id, where, str(exc))
                 break
-            images.append(data)
         else:
             seen.add(record_id)
             doc = {k: v for k, v in record.items() if k != "image"}

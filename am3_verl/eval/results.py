@@ -41,14 +41,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from am3_verl.dialogue import IMAGE_PLACEHOLDER
-from am3_verl.clients.images import decode_data_url, sniff_mime
+from am3_verl.atomic import atomic_open, write_bytes_atomic
+from am3_verl.clients.images import MAX_IMAGE_FILE_BYTES, decode_data_url, read_image_file, sniff_mime
 
 RESULTS_FILE = "results.jsonl"
 IMAGES_DIR = "images"
@@ -209,22 +209,19 @@ def read_results(results_dir: str | Path) -> list[ResultItem]:
 def write_results(results_dir: str | Path, items: Iterable[ResultItem]) -> Path:
     """Write ``results.jsonl`` atomically (a temporary file renamed over the old one); returns its path.
 
-    Raises :class:`ResultsFormatError` when two items share a ``uid`` (nothing is written then)."""
+    Raises :class:`ResultsFormatError` when two items share a ``uid``, ``OSError`` when the disk is full;
+    either way no file is written and an earlier ``results.jsonl`` stays as it was."""
     path = Path(results_dir) / RESULTS_FILE
-    tmp = path.with_suffix(".jsonl.tmp")
     seen: dict[str, int] = {}
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_open(path, "w") as fh:
         for number, item in enumerate(items, start=1):
             if item.uid in seen:
-                fh.close()
-                tmp.unlink()
                 raise ResultsFormatError(
                     f"items {seen[item.uid]} and {number} share uid {item.uid!r}; every item needs its own uid "
                     "(e.g. '<prompt uid>#<rollout>'), or leave uid empty to use the id"
                 )
             seen[item.uid] = number
             fh.write(item.model_dump_json(exclude_none=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 
@@ -235,14 +232,16 @@ def store_image(results_dir: str | Path, data: bytes) -> str:
     path = Path(results_dir) / rel
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     return rel
 
 
 def load_image(results_dir: str | Path, ref: str) -> bytes:
-    """The bytes of an image reference (a ``data:`` URL or a path relative to the results folder)."""
+    """The bytes of an image reference (a ``data:`` URL or a path relative to the results folder).
+
+    Raises ``ValueError`` for an invalid data URL, a path outside the folder, or a path that is not a
+    regular file of at most :data:`~am3_verl.clients.images.MAX_IMAGE_FILE_BYTES` (read by
+    :func:`~am3_verl.clients.images.read_image_file`, so a FIFO or device never blocks)."""
     if ref.startswith("data:"):
         data = decode_data_url(ref)
         if data is None:
@@ -252,7 +251,7 @@ def load_image(results_dir: str | Path, ref: str) -> bytes:
     path = (root / ref).resolve()
     if root not in path.parents:
         raise ValueError(f"image path {ref!r} points outside the results folder")
-    return path.read_bytes()
+    return read_image_file(path, MAX_IMAGE_FILE_BYTES, f"image {ref!r} of {root}")
 
 
 def image_data_url_of(results_dir: str | Path, ref: str) -> str:

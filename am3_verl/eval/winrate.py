@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from am3_verl.atomic import atomic_open
 from am3_verl.clients.structured import parse_model
 
 from am3_verl.eval.cache import JsonlCache, cache_key
@@ -315,12 +316,10 @@ async def run_pairwise(
 def write_pairwise(results_dir: Path, baseline_dir: Path, method: str, records: Iterable[dict[str, Any]]) -> Path:
     """Write ``pairwise.jsonl``: a header line ``{"baseline", "method"}`` then one record per compared turn."""
     path = Path(results_dir) / PAIRWISE_FILE
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         fh.write(json.dumps({"header": True, "baseline": str(Path(baseline_dir).resolve()), "method": method}) + "\n")
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

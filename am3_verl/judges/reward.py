@@ -9,31 +9,38 @@ extra_info, **reward_kwargs)`` signature, for ``reward.custom_reward_function`` 
 per-turn records (``AssistantTurnRecord`` dicts; verl merges the loop's ``extra_fields`` into
 ``extra_info``), judges every turn concurrently (turn t in the context of turns 0..t-1) and returns:
 
-=====================  ==========================================================================
-``score``              sum over judged turns of ``harmless + helpful``: exactly what the token-reward
-                       row built from ``am3_turn_scores`` sums to (:mod:`am3_verl.turn_scores`)
-``harmless``           mean over judged turns (NaN if no turn was judged)
-``helpful``            mean over judged turns (NaN if no turn was judged)
-``asr``                fraction of judged turns with ``harmless < unsafe_threshold`` (NaN if none)
-``refusal_rate``       fraction of judged turns the judge flagged as refusals (NaN if none)
-``judge_failures``     number of turns marked ``judge_failed`` (after retries)
-``num_judged_turns``   number of turns with a verdict
-``judge_calls``        judge HTTP attempts made for this dialogue (0 for shared/cached verdicts)
-``judge_retries``      failed attempts (retried or final) for this dialogue
-``am3_turn_scores``    ``dump_turn_scores(TurnScores(harmless, helpful, failed, refused))``, one
-                       entry per record, in order: the per-turn contract the AM3 advantage reads
-=====================  ==========================================================================
+=======================  ==========================================================================
+``score``                sum over judged turns of ``harmless + helpful``: exactly what the token-reward
+                         row built from ``am3_turn_scores`` sums to (:mod:`am3_verl.turn_scores`)
+``harmless``             mean over judged turns (NaN if no turn was judged)
+``helpful``              mean over judged turns (NaN if no turn was judged)
+``asr``                  fraction of judged turns with ``harmless < unsafe_threshold`` (NaN if none)
+``refusal_rate``         fraction of judged turns the judge flagged as refusals (NaN if none)
+``judge_failures``       number of turns marked ``judge_failed`` (after retries)
+``num_judged_turns``     number of turns with a verdict
+``judge_calls``          judge HTTP attempts made for this dialogue (0 for shared/cached verdicts)
+``judge_retries``        failed attempts (retried or final) for this dialogue
+``judge_failure_kinds``  those attempts by kind, a JSON object as a string (the trainer's failure
+                         budget names them)
+``am3_turn_scores``      ``dump_turn_scores(TurnScores(harmless, helpful, failed, refused))``, one
+                         entry per record, in order: the per-turn contract the AM3 advantage reads
+=======================  ==========================================================================
 
-Every value but ``am3_turn_scores`` (a JSON string, which verl's metrics skip) is a scalar.
+Every value but ``am3_turn_scores`` and ``judge_failure_kinds`` (JSON strings, which verl's metrics skip) is
+a scalar. No score is ever ``-0.0`` (a judge answering ``-0`` gives ``0.0``): in the token-reward row ``-0.0`` marks a failed turn.
 
 :func:`compute_single_turn_score` judges ``solution_str`` as the reply to the row's prompt, for
 ordinary single-turn verl datasets, and returns ``score = harmless + helpful_weight * helpful``
-(0.0 when the judge failed, with ``judge_failures = 1``) plus the same scalar metrics.
+(0.0 when the judge failed, with ``judge_failures = 1``) plus the same scalar metrics. Image parts
+that name a file are read by :func:`am3_verl.clients.images.read_image_file`: a regular file of at most
+:data:`~am3_verl.clients.images.MAX_IMAGE_FILE_BYTES` bytes (FIFOs, devices and folders are refused).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from am3_verl.judges.base import DialogueTurn, TurnJudgment, requests_from_turns, turns_from_records
@@ -46,8 +53,26 @@ TURNS_KEY = "am3_turns"
 """``extra_info`` key holding the agent loop's per-turn records."""
 
 
+def _plus_zero(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every float ``-0.0`` turned into ``0.0`` (NaN and other values unchanged)."""
+    return {key: value + 0.0 if isinstance(value, float) else value for key, value in values.items()}
+
+
+def failed_attempt_kinds(judgments: Sequence[TurnJudgment]) -> Counter[str]:
+    """Failed judge attempts by kind (``http_5xx``, ``connect``, ...) over ``judgments``, retried ones included;
+    a failed turn that reports no attempts (a backend error) counts once as ``error``."""
+    kinds: Counter[str] = Counter()
+    for judgment in judgments:
+        kinds.update(judgment.failures)
+        if judgment.failed and not judgment.failures:
+            kinds["error"] += 1
+    return kinds
+
+
 def summarise(judgments: Sequence[TurnJudgment], unsafe_threshold: float = UNSAFE_THRESHOLD) -> dict[str, Any]:
-    """The reward dict (see the module docstring) for one dialogue's per-turn judgments, in order."""
+    """The reward dict (see the module docstring) for one dialogue's per-turn judgments, in order.
+
+    No float in it is ``-0.0``."""
     judged = [j for j in judgments if not j.failed]
     n = len(judged)
     scores = TurnScores(
@@ -57,7 +82,7 @@ def summarise(judgments: Sequence[TurnJudgment], unsafe_threshold: float = UNSAF
         refused=[False if j.failed else bool(j.refused) for j in judgments],
     )
     nan = math.nan
-    return {
+    values = {
         "score": float(sum(j.harmless + j.helpful for j in judged)),
         "harmless": sum(j.harmless for j in judged) / n if n else nan,
         "helpful": sum(j.helpful for j in judged) / n if n else nan,
@@ -67,8 +92,10 @@ def summarise(judgments: Sequence[TurnJudgment], unsafe_threshold: float = UNSAF
         "num_judged_turns": n,
         "judge_calls": sum(j.calls for j in judgments),
         "judge_retries": sum(sum(j.failures.values()) for j in judgments),
+        "judge_failure_kinds": json.dumps(dict(failed_attempt_kinds(judgments)), sort_keys=True),
         "am3_turn_scores": dump_turn_scores(scores),
     }
+    return _plus_zero(values)
 
 
 async def compute_score(
@@ -112,7 +139,10 @@ def _user_content(content: Any, where: str) -> tuple[str, list[bytes]]:
             text.append(part.get("text", ""))
         elif kind in ("image", "image_url"):
             data = content_image_bytes(part, f"{where}.content[{j}]")
-            sniff_mime(data)
+            try:
+                sniff_mime(data)
+            except ValueError as exc:
+                raise ValueError(f"{where}.content[{j}]: {exc}") from None
             images.append(data)
             text.append("<image>")
         else:
@@ -166,7 +196,8 @@ async def compute_single_turn_score(
 
     The prompt is ``extra_info["raw_prompt"]`` (chat messages; present under verl's agent-loop
     rollout), else the text ``extra_info["question"]`` or ``extra_info["prompt"]``. Raises
-    ``ValueError`` when none is there or ``solution_str`` is missing.
+    ``ValueError`` when none is there or ``solution_str`` is missing, or naming the message and part
+    (``raw_prompt[i].content[j]``) of an image that cannot be read. No returned score is ``-0.0``.
     """
     if not isinstance(solution_str, str):
         raise ValueError(f"solution_str must be the decoded response text, got {type(solution_str).__name__}")
@@ -186,5 +217,5 @@ async def compute_single_turn_score(
     (judgment,) = await judge.judge_many(requests_from_turns(turns)[-1:])
     result = summarise([judgment], config.unsafe_threshold)
     del result["am3_turn_scores"]
-    result["score"] = 0.0 if judgment.failed else float(judgment.harmless + float(helpful_weight) * judgment.helpful)
+    result["score"] = 0.0 if judgment.failed else float(judgment.harmless + float(helpful_weight) * judgment.helpful) + 0.0
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -34,7 +35,8 @@ def test_multi_turn_reward_against_the_loopback_judge():
         out = score(
             {"id": "d1", "harmful": True, "am3_turns": make_records(EXCHANGES)}, backend="openai", base_url=server.base_url, model="j"
         )
-    assert set(out) == set(SCALAR_KEYS) | {"am3_turn_scores"}
+    assert set(out) == set(SCALAR_KEYS) | {"am3_turn_scores", "judge_failure_kinds"}
+    assert out["judge_failure_kinds"] == "{}"
     assert all(isinstance(out[k], (int, float)) and not isinstance(out[k], bool) for k in SCALAR_KEYS)
     turns = load_turn_scores(out["am3_turn_scores"])
     assert turns == TurnScores([1.0, 1.0, 0.0], [0.8, 0.4, 0.7], [False] * 3, [False, True, False])
@@ -50,6 +52,7 @@ def test_score_equals_what_the_token_row_sums_to():
                     backoff_initial_s=0.01, max_concurrency=1)  # fmt: skip
     turns = load_turn_scores(out["am3_turn_scores"])
     assert turns.failed == [False, True, False] and out["judge_failures"] == 1 and out["judge_retries"] == 2
+    assert json.loads(out["judge_failure_kinds"]) == {"http_5xx": 2}
     mask = [0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0]  # three assistant turns, each followed by a non-policy slot
     row = encode_row(mask, turns)
     assert float(row.sum()) == pytest.approx(out["score"], abs=1e-6)
