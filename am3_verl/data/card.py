@@ -9,6 +9,10 @@ and lists the sources in its settings); whoever publishes a folder states the li
 
 :func:`render_card` builds the text; the callers write it with the rest of their outputs (staged and
 renamed with them, or with :func:`am3_verl.atomic.write_text_atomic`).
+
+Every card carries :data:`CARD_MARKER` (an HTML comment line right after the front matter, invisible when
+rendered). A folder's ``README.md`` is replaced only when it carries that line (:func:`check_replaceable`):
+a README someone else wrote is never overwritten.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import pyarrow.parquet as pq
 import yaml
 
 CARD_FILE = "README.md"
+CARD_MARKER = "<!-- am3-verl dataset card: written by an am3-verl data command, replaced when it runs again -->"
+"""The line that marks a README as a card the data commands wrote (and may therefore replace)."""
+_MARKER_SCAN_BYTES = 1 << 20
 CONTENT_WARNING = (
     "**Content warning.** This dataset contains requests for harmful content (violence, weapons, drugs, "
     "self-harm, hate, fraud and other harm categories), including requests split over several turns and "
@@ -130,7 +137,32 @@ def render_card(card: DatasetCard) -> str:
     if card.settings:
         settings = yaml.safe_dump(card.settings, sort_keys=False, allow_unicode=True, width=1000).rstrip()
         body += ["## Construction settings", "", "```yaml", settings, "```", ""]
-    return f"---\n{meta}---\n\n" + "\n".join(body).rstrip() + "\n"
+    return f"---\n{meta}---\n{CARD_MARKER}\n\n" + "\n".join(body).rstrip() + "\n"
+
+
+class CardConflict(ValueError):
+    """The folder holds a ``README.md`` that is not a card the data commands wrote."""
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Return if ``path`` is absent or a card carrying :data:`CARD_MARKER`; else raise :class:`CardConflict` naming it.
+
+    Only the first MiB is read (a card is a few KiB): a README whose marker line is not there was not
+    written by :func:`render_card`.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_MARKER_SCAN_BYTES)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CardConflict(f"{path} exists but cannot be read ({exc.strerror or exc}), so it is not replaced") from None
+    if CARD_MARKER.encode("utf-8") not in head.splitlines():
+        raise CardConflict(
+            f"{path} was not written by an am3-verl data command (it lacks the line {CARD_MARKER!r}) and is not "
+            "replaced: move it away or pass another --output_dir"
+        )
 
 
 def column_counts(paths: Iterable[str | Path], column: str) -> dict[str, int]:

@@ -41,9 +41,9 @@ from am3_verl.data.conversion import (
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
 from am3_verl.data.pipeline import IMAGE_TYPE, MESSAGES_TYPE, REJECTED, ParquetSink, RowBuilder, RunCounts
-from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
+from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
-from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, RejectWriter, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import REJECTS_FILE, Reject, RejectWriter, read_record, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, RefusalSample
 
 REFUSAL_SOURCE, GENERAL_SOURCE = "refusal_vqa", "general_vqa"
@@ -122,10 +122,9 @@ def _user_content(question: str) -> str:
 
 
 def _convert_one(position: int, payload: Any, assignment: str, job: VqaJob, out: RowBuilder) -> None:
-    try:
-        record = parse_payload(payload)
-    except ValueError as exc:
-        out.reject(Reject(position, None, RECORD_FIELD, f"not a JSON object: {exc}"))
+    record = read_record(position, payload)
+    if isinstance(record, Reject):
+        out.reject(record)
         return
     record_id = record_id_of(record)
     if "image" in record:

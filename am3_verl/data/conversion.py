@@ -4,15 +4,19 @@ A converter supplies only what is its own: the output files with their schemas, 
 assigns every input position an output name (or ``duplicate:<where>`` for a repeated id, see
 :func:`duplicate_assignment`), and ``convert_one(position, payload, assignment, settings, out)``, which
 validates one record and adds its row(s) or a reject to ``out`` (a :class:`RowBuilder`).
-:class:`Conversion` does the rest: the output-folder check, the worker pool, staged files (renamed only
-when the run completes; on an empty result only ``rejects.jsonl`` is kept, saying why), one parquet sink
-per output file, the spool folder, chunking, the progress bar and ``read == written + rejected``.
+:class:`Conversion` does the rest: the output-folder check and lock (one conversion per folder at a time),
+the worker pool, staged files (renamed only when the run completes; on an empty result only
+``rejects.jsonl`` is kept, saying why; a ``README.md`` the data commands did not write is never
+replaced), one parquet sink per output file, the spool folder, chunking, the progress bar,
+``read == written + rejected``, and a full disk reported as one :class:`DataPrepError`.
 :func:`add_common_args` / :func:`common_options` are the flags every converter command shares.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 
+from am3_verl.data.card import CARD_FILE, CardConflict, check_replaceable
 from am3_verl.data.cli import add_image_args, add_run_args, policy_from_args, progress_bar
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.pipeline import (
@@ -40,6 +45,11 @@ from am3_verl.data.pipeline import (
 )
 from am3_verl.data.readers import RecordSource
 from am3_verl.data.validate import REJECTS_FILE, RejectWriter
+from am3_verl.folder_lock import FolderBusy, FolderLock
+
+LOCK_FILE = ".am3-data.lock"
+"""The data commands' lock file in an output folder (see :mod:`am3_verl.folder_lock`)."""
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 DUPLICATE = "duplicate:"
 """Assignment prefix of a record whose id an earlier record already used; the rest names that record."""
@@ -91,9 +101,11 @@ def planned_tasks(source: RecordSource, assignment: Mapping[int, str]) -> Iterat
 
 
 class Conversion:
-    """One converter run: checks the output folder and starts the workers on creation; :meth:`open` stages
-    the files. Use it as a context manager: leaving it without :meth:`commit` or :meth:`fail` discards
-    every staged file, so a failed or interrupted run never leaves a complete-looking output."""
+    """One converter run: checks and locks the output folder and starts the workers on creation; :meth:`open`
+    stages the files. Use it as a context manager: leaving it without :meth:`commit` or :meth:`fail` discards
+    every staged file, so a failed or interrupted run never leaves a complete-looking output; leaving it
+    releases the folder's lock. A full disk (``ENOSPC``, ``EDQUOT``) anywhere in the run leaves it as a
+    :class:`DataPrepError` with one line saying so."""
 
     def __init__(
         self,
@@ -106,11 +118,28 @@ class Conversion:
     ) -> None:
         self.started = time.perf_counter()
         self.out_dir = prepare_output_dir(output_dir)
-        self.workers = workers or default_workers()
-        self.chunk_size = chunk_size
-        self.row_group_rows = row_group_rows
-        self.progress = progress
-        warm_up_workers(self.workers)
+        self._check_card()  # before the lock, so that a refused folder gets no lock file either
+        self._lock = FolderLock(
+            self.out_dir,
+            LOCK_FILE,
+            holder="am3_verl data preparation",
+            why="two conversions into one folder would mix one run's data files with the other's dataset card.",
+        )
+        try:
+            self._lock.acquire()
+        except FolderBusy as exc:
+            raise DataPrepError(str(exc)) from None
+        except OSError as exc:  # the lock file cannot be created (a full disk, a read-only folder)
+            raise DataPrepError(f"--output_dir {self.out_dir} cannot be locked ({self._lock.path}): {exc.strerror or exc}") from None
+        try:
+            self.workers = workers or default_workers()
+            self.chunk_size = chunk_size
+            self.row_group_rows = row_group_rows
+            self.progress = progress
+            warm_up_workers(self.workers)
+        except BaseException:
+            self._lock.release()
+            raise
         self.sinks: dict[str, ParquetSink] = {}
         self.rejects: RejectWriter | None = None
         self._staged = StagedOutputs(self.out_dir)
@@ -120,9 +149,38 @@ class Conversion:
     def __enter__(self) -> "Conversion":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-        self._staged.discard()
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            self.close()
+        except BaseException as close_error:
+            if exc is None:  # otherwise the run's own error is the one to report
+                disk_full = self._disk_full(close_error)
+                if disk_full is None:
+                    raise
+                raise disk_full from close_error
+        finally:
+            self._staged.discard()
+            self._lock.release()
+        if exc is not None:
+            disk_full = self._disk_full(exc)
+            if disk_full is not None:
+                raise disk_full from exc
+
+    def _disk_full(self, exc: BaseException) -> DataPrepError | None:
+        """The one-line error for a full disk or quota, or None for any other exception."""
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return DataPrepError(
+                f"no space left on device writing to {self.out_dir} ({exc.strerror or exc}): the run stopped, its "
+                "partial files were removed and earlier outputs are unchanged; free some space or pass another --output_dir"
+            )
+        return None
+
+    def _check_card(self) -> None:
+        """Raise :class:`DataPrepError` if the folder's ``README.md`` is not a card the data commands wrote."""
+        try:
+            check_replaceable(os.path.abspath(self.out_dir / CARD_FILE))
+        except CardConflict as exc:
+            raise DataPrepError(str(exc)) from None
 
     @property
     def seconds(self) -> float:
@@ -137,7 +195,7 @@ class Conversion:
                 sink = ParquetSink(self._staged.stage(output.filename), output.schema, self.row_group_rows)
                 by_file[output.filename] = self._resources.enter_context(closing(sink))
             self.sinks[name] = by_file[output.filename]
-        self.rejects = RejectWriter(self._staged.stage(REJECTS_FILE))
+        self.rejects = RejectWriter(self._staged.stage(REJECTS_FILE), staged=True)
         self._resources.callback(self.rejects.close)
         self._spool = self._resources.enter_context(spool_dir(self.out_dir, self.workers))
         return self.rejects
@@ -182,8 +240,14 @@ class Conversion:
         self._staged.stage(name).write_text(text, encoding="utf-8")
 
     def commit(self, stale: Iterable[str] = ()) -> None:
-        """Rename every staged file to its final name and delete the earlier run's ``stale`` outputs."""
+        """Rename every staged file to its final name and delete the earlier run's ``stale`` outputs.
+
+        Raises :class:`DataPrepError` (committing nothing) if a ``README.md`` the data commands did not
+        write has appeared in the folder since the run started.
+        """
         self.close()
+        if CARD_FILE in self._staged:
+            self._check_card()
         self._staged.commit(stale=stale)
 
     def fail(self, message: str) -> DataPrepError:

@@ -41,9 +41,9 @@ from am3_verl.data.conversion import (
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
 from am3_verl.data.pipeline import IMAGE_TYPE, MESSAGES_TYPE, RowBuilder, RunCounts
-from am3_verl.data.readers import RecordSource, normalise_image_entry, normalise_nulls, open_source, parse_payload
+from am3_verl.data.readers import RecordSource, normalise_image_entry, normalise_nulls, open_source
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
-from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, reject_from_validation_error, record_id_of
+from am3_verl.data.validate import REJECTS_FILE, Reject, read_record, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import BENIGN, Dialogue
 
 AGENT_NAME = "am3_dialogue"
@@ -111,10 +111,9 @@ def _normalise(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_one(position: int, payload: Any, assignment: str, job: DialogueJob, out: RowBuilder) -> None:
-    try:
-        record = parse_payload(payload)
-    except ValueError as exc:
-        out.reject(Reject(position, None, RECORD_FIELD, f"not a JSON object: {exc}"))
+    record = read_record(position, payload)
+    if isinstance(record, Reject):
+        out.reject(record)
         return
     record_id = record_id_of(record)
     try:
@@ -270,11 +269,13 @@ def convert_intersafe_v(
     """Convert an InterSafe-V file to ``rl_train.parquet``, ``rl_val.parquet`` and ``rejects.jsonl``.
 
     Every record is validated; bad ones go to the rejects file and the run continues. Raises
-    :class:`DataPrepError` for an unreadable input, an impossible split or an empty training set.
+    :class:`DataPrepError` for an unreadable input, an impossible split, an empty or blank name in
+    ``allowed_categories`` (or none at all), or an empty training set.
     The files are byte-for-byte identical for the same input, options and seed, whatever ``workers``.
     """
     if val_size is None and val_ratio is None:
         val_ratio = DEFAULT_VAL_RATIO
+    check_categories(allowed_categories)
     source = open_source(input_path, image_root)
     with Conversion(output_dir, workers=workers, chunk_size=chunk_size, row_group_rows=row_group_rows, progress=progress) as run:
         plan = plan_split(source, val_size, val_ratio, seed)
@@ -304,6 +305,28 @@ def convert_intersafe_v(
         run.write_text(CARD_FILE, render_card(_card(summary, val_size, val_ratio, policy, allowed_categories)))
         run.commit()
         return summary
+
+
+def parse_categories(text: str | None) -> tuple[str, ...] | None:
+    """``--categories`` as a tuple of stripped names (None when the flag is absent); checked by :func:`check_categories`."""
+    if text is None:
+        return None
+    names = tuple(name.strip() for name in text.split(","))
+    check_categories(names)
+    return names
+
+
+def check_categories(names: tuple[str, ...] | None) -> None:
+    """Raise :class:`DataPrepError` for an empty list or an empty name (either would reject every harmful dialogue)."""
+    if names is None:
+        return
+    if not any(name.strip() for name in names):
+        raise DataPrepError(
+            "--categories names no category: it would reject every harmful dialogue; "
+            "leave it out to accept any category, or list the ones to keep (comma-separated)"
+        )
+    if not all(name.strip() for name in names):
+        raise DataPrepError(f"--categories {','.join(names)!r} holds an empty name (a stray comma?)")
 
 
 def _card(
@@ -371,7 +394,7 @@ def main(argv: list[str] | None = None) -> IntersafeSummary:
         val_size=args.val_size,
         val_ratio=args.val_ratio,
         seed=args.seed,
-        allowed_categories=tuple(c.strip() for c in args.categories.split(",") if c.strip()) if args.categories else None,
+        allowed_categories=parse_categories(args.categories),
         **common_options(args),
     )
     print(summary.paragraph())

@@ -273,7 +273,12 @@ def spool_dir(output_dir: Path, workers: int) -> Iterator[str | None]:
 
 
 def prepare_output_dir(path: str | Path) -> Path:
-    """Create ``path`` (with parents) and check it takes files; raises :class:`DataPrepError` saying why not."""
+    """Create ``path`` (with parents) and check it takes files; raises :class:`DataPrepError` saying why not.
+
+    An empty (or blank) ``path`` is refused rather than read as the working directory.
+    """
+    if not str(path).strip():
+        raise DataPrepError("--output_dir is empty; name the folder to write to (use '.' for the working directory)")
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -299,16 +304,24 @@ class StagedOutputs:
         self.out_dir = Path(out_dir)
         self._partial: dict[str, Path] = {}
 
+    def __contains__(self, name: str) -> bool:
+        """Whether output ``name`` is staged (and not yet committed or discarded)."""
+        return name in self._partial
+
     def stage(self, name: str) -> Path:
         """The temporary path to write output ``name`` to (a hidden ``.partial`` file in the output folder)."""
         self._partial[name] = self.out_dir / f".{name}.partial"
         return self._partial[name]
 
     def commit(self, names: Iterable[str] | None = None, stale: Iterable[str] = ()) -> None:
-        """Rename the staged files ``names`` (default: all) to their final names, delete ``stale`` outputs, discard the rest."""
+        """Flush the staged files ``names`` (default: all) to disk and rename them to their final names, delete
+        ``stale`` outputs, discard the rest."""
+        names = list(self._partial) if names is None else list(names)
+        for name in names:
+            _fsync(self._partial[name])  # before any rename: a crash cannot leave a final name on unwritten blocks
         for name in stale:
             (self.out_dir / name).unlink(missing_ok=True)
-        for name in list(self._partial) if names is None else names:
+        for name in names:
             os.replace(self._partial.pop(name), self.out_dir / name)
         self.discard()
 
@@ -317,6 +330,14 @@ class StagedOutputs:
         for partial in self._partial.values():
             partial.unlink(missing_ok=True)
         self._partial.clear()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class ParquetSink:

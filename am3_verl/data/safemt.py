@@ -40,8 +40,8 @@ from am3_verl.data.conversion import (
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.images import ImageCheckError, ImagePolicy, prepare_image, read_image_source
 from am3_verl.data.pipeline import IMAGE_TYPE, MESSAGES_TYPE, ChunkResult, RowBuilder, RunCounts
-from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source, parse_payload
-from am3_verl.data.validate import RECORD_FIELD, REJECTS_FILE, Reject, reject_from_validation_error, record_id_of
+from am3_verl.data.readers import RecordSource, normalise_image_entry, open_source
+from am3_verl.data.validate import REJECTS_FILE, Reject, read_record, reject_from_validation_error, record_id_of
 from am3_verl.dialogue import IMAGE_PLACEHOLDER, ImageBytes
 
 DATA_SOURCE = "safemt"
@@ -155,10 +155,9 @@ def _prompt(item: SafeMTItem) -> list[dict[str, str]]:
 
 
 def _convert_one(position: int, payload: Any, assignment: str, job: SafeMTJob, out: RowBuilder) -> None:
-    try:
-        record = parse_payload(payload)
-    except ValueError as exc:
-        out.reject(Reject(position, None, RECORD_FIELD, f"not a JSON object: {exc}"))
+    record = read_record(position, payload)
+    if isinstance(record, Reject):
+        out.reject(record)
         return
     record_id = record_id_of(record)
     image = record.get("image_path")

@@ -6,13 +6,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock, Timeout
+from am3_verl.folder_lock import FolderBusy, FolderLock
 
 LOCK_FILE = ".am3-eval.lock"
 
-
-class OutputFolderBusy(RuntimeError):
-    """Another process holds the results folder's lock."""
+OutputFolderBusy = FolderBusy
+"""Another process holds the results folder's lock (the shared :class:`am3_verl.folder_lock.FolderBusy`)."""
 
 
 @contextmanager
@@ -21,17 +20,6 @@ def output_folder_lock(folder: str | Path) -> Iterator[None]:
 
     The lock is an OS file lock (released by the kernel if its holder dies, even by SIGKILL).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / LOCK_FILE, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise OutputFolderBusy(
-            f"{folder} is in use by another am3_verl.eval process (lock {folder / LOCK_FILE}): two runs into one folder "
-            "would mix their cached answers and overwrite each other's results. Wait for it, or pass another --output_dir."
-        ) from None
-    try:
+    why = "two runs into one folder would mix their cached answers and overwrite each other's results."
+    with FolderLock(folder, LOCK_FILE, holder="am3_verl.eval", why=why):
         yield
-    finally:
-        lock.release()

@@ -4,11 +4,12 @@ complete-looking file, never touches an earlier run's outputs, and a finished ru
 import pytest
 
 from am3_verl.data import cold_start, conversion, intersafe_v
+from am3_verl.data.conversion import LOCK_FILE
 from am3_verl.data.sample import SAMPLE_DIR
 
 
 def _snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != LOCK_FILE}
 
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
@@ -29,7 +30,7 @@ def test_an_interrupted_conversion_keeps_the_earlier_outputs(tmp_path, monkeypat
     with pytest.raises(interruption):
         intersafe_v.main(args + ["--seed", "7"])
     assert _snapshot(tmp_path) == before  # nothing replaced, nothing partial left behind
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
 
 
 def test_a_cold_start_run_removes_evaluation_files_of_an_earlier_run(tmp_path):
@@ -37,7 +38,7 @@ def test_a_cold_start_run_removes_evaluation_files_of_an_earlier_run(tmp_path):
     cold_start.main(common + ["--val_size", "2"])
     assert (tmp_path / "refusal_eval.parquet").is_file() and (tmp_path / "cold_start_val.parquet").is_file()
     cold_start.main(common)  # no validation split this time: the old one would leak training rows into evaluation
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "cold_start.parquet", "rejects.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_FILE) == ["README.md", "cold_start.parquet", "rejects.jsonl"]
 
 
 @pytest.mark.slow

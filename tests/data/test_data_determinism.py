@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from am3_verl.data.cold_start import convert_cold_start
+from am3_verl.data.conversion import LOCK_FILE
 from am3_verl.data.intersafe_v import convert_intersafe_v
 from am3_verl.data.safemt import convert_safemt
 from am3_verl.data.splits import resolve_val_count, stratified_val_positions
@@ -21,7 +22,7 @@ from data_helpers import write_jsonl
 
 
 def _bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != LOCK_FILE}  # the lock file stays by design
 
 
 def test_outputs_are_byte_identical_across_runs_and_worker_counts(tmp_path, sample_copy):
