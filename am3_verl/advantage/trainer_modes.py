@@ -9,15 +9,25 @@ a step's metrics, :meth:`Am3MetricsMixin.compute_am3_step_metrics` adds
 the refusal flags and log-probs read back from the TransferQueue. Inside the trainer the
 mode is reported as the base mode (verl branches on ``trainer_mode == "sync"``), so everything else
 behaves exactly as the base mode does. Registered through verl's ``register_trainer``.
+
+They also keep a long run honest (:mod:`am3_verl.training`, settings ``trainer.am3``): the judge named
+in the reward kwargs is probed before the workers start; a run whose judge fails past its budget saves
+a checkpoint and stops with an error that says how to continue; every saved checkpoint is marked
+complete (verl's ``trainer.checkpoint_callback_class``), and ``resume_mode=auto`` resumes from the
+newest complete one.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import torch
 import transfer_queue as tq
 from transfer_queue import KVBatchMeta
+from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
 
@@ -26,6 +36,20 @@ from am3_verl.advantage.estimator import ESTIMATOR_NAME, compute_am3, take_last_
 from am3_verl.advantage.metrics import am3_metrics, logprob_agreement_metrics, turn_scores_record
 from am3_verl.advantage.turn_score_dump import write_step_turn_scores
 from am3_verl.compat.trainer import StepMetricsHook
+from am3_verl.training import config as trainer_config
+from am3_verl.training.checkpoints import TRACKER, CompleteCheckpointMarker, incompleteness, resolve_resume_checkpoint
+from am3_verl.training.judge_health import (
+    JudgeFailureBudget,
+    JudgeUnavailable,
+    failure_kinds,
+    judge_config_of,
+    probe_judge,
+)
+
+logger = logging.getLogger(__name__)
+FAILED_ATTEMPTS_PREFIX = "am3/judge_failed_attempts/"
+"""Step metrics ``am3/judge_failed_attempts/<kind>``: failed judge attempts of the step by kind (retried or final)."""
+CHECKPOINT_MARKER = f"{CompleteCheckpointMarker.__module__}.{CompleteCheckpointMarker.__qualname__}"
 
 STEP_FIELDS = ["uid", "response_mask", "extra_fields"]
 """TransferQueue fields the metrics read for each row of a step."""
@@ -35,12 +59,66 @@ LOGPROB_FIELDS = ["rollout_log_probs", "old_log_probs"]
 """Read too when the step has them: the rollout-vs-actor log-prob agreement (weight-sync health)."""
 
 
+def with_checkpoint_marker(config: DictConfig) -> DictConfig:
+    """``config`` with ``trainer.checkpoint_callback_class`` set to :class:`CompleteCheckpointMarker` (in place).
+
+    Raises ``ValueError`` when it names another callback: resuming safely needs the marker, so a callback of
+    one's own should subclass it."""
+    named = config.trainer.get("checkpoint_callback_class", None)
+    if named and named != CHECKPOINT_MARKER:
+        raise ValueError(
+            f"trainer.checkpoint_callback_class={named}: the am3 trainer modes mark complete checkpoints with "
+            f"{CHECKPOINT_MARKER}; make your callback a subclass of it and name that one"
+        )
+    with open_dict(config):
+        config.trainer.checkpoint_callback_class = CHECKPOINT_MARKER
+    return config
+
+
+def checkpoint_root(config: DictConfig) -> Path:
+    """``trainer.default_local_dir`` as verl resolves it (relative to the working directory)."""
+    return Path.cwd() / str(config.trainer.default_local_dir)
+
+
 class Am3MetricsMixin(StepMetricsHook):
-    """Adds ``am3/*`` metrics to each training step; put it before a verl ``PPOTrainer`` subclass."""
+    """Adds ``am3/*`` metrics to each training step, the judge probe and budget, and complete checkpoints;
+    put it before a verl ``PPOTrainer`` subclass."""
+
+    def __init__(self, config: DictConfig) -> None:
+        settings = trainer_config.Am3TrainerConfig.from_mapping(config.trainer.get(trainer_config.CONFIG_KEY, None))
+        reward_kwargs = config.reward.custom_reward_function.get("reward_kwargs", None)
+        self.am3_judge = judge_config_of(OmegaConf.to_container(reward_kwargs, resolve=True) if reward_kwargs else None)
+        self.am3_judge_budget = JudgeFailureBudget(settings.max_judge_failure_rate, settings.max_judge_failed_steps)
+        if settings.probe_judge and self.am3_judge is not None:
+            probe_judge(self.am3_judge)
+            logger.info("am3 judge answered the startup probe: %s", self.am3_judge.describe())
+        if config.trainer.resume_mode == "auto":
+            resolve_resume_checkpoint(checkpoint_root(config))
+        super().__init__(with_checkpoint_marker(config))
 
     def step_metrics(self, batch: KVBatchMeta, global_steps: int) -> dict[str, float]:
-        """See :meth:`compute_am3_step_metrics`."""
-        return self.compute_am3_step_metrics(batch, global_steps)
+        """See :meth:`compute_am3_step_metrics`; then applies the judge-failure budget (:meth:`check_judge_budget`)."""
+        metrics = self.compute_am3_step_metrics(batch, global_steps)
+        self.check_judge_budget(metrics, global_steps)
+        return metrics
+
+    def check_judge_budget(self, metrics: dict[str, float], global_steps: int) -> None:
+        """Count this step against the judge-failure budget; when it is spent, make sure this step is saved
+        (a complete checkpoint) and raise :class:`JudgeUnavailable` saying which checkpoint to resume from."""
+        kinds = Counter({key[len(FAILED_ATTEMPTS_PREFIX):]: int(value) for key, value in metrics.items()
+                         if key.startswith(FAILED_ATTEMPTS_PREFIX)})  # fmt: skip
+        rate = metrics.get("am3/judge_failure_rate", float("nan"))
+        if not self.am3_judge_budget.observe(global_steps, rate, kinds):
+            return
+        root = checkpoint_root(self.config)  # type: ignore[attr-defined]
+        folder = root / f"global_step_{global_steps}"
+        tracker = root / TRACKER
+        if not (tracker.is_file() and tracker.read_text().strip() == str(global_steps) and incompleteness(folder) is None):
+            self.save_checkpoint_now()
+        judge = self.am3_judge.describe() if self.am3_judge is not None else "the reward function's judge"
+        message = self.am3_judge_budget.stop_message(judge, str(folder))
+        logger.error("am3: %s", message)
+        raise JudgeUnavailable(message)
 
     def compute_am3_step_metrics(self, batch: KVBatchMeta, global_steps: int) -> dict[str, float]:
         """``am3/*`` metrics of the step's rows (synthetic padding rows excluded); {} if there are none.
@@ -75,6 +153,9 @@ class Am3MetricsMixin(StepMetricsHook):
         rows = torch.tensor(real)
         records = [turn_scores_record(extra) for extra, keep in zip(extra_fields, real) if keep]
         metrics = am3_metrics(computation, cfg, records, rows=rows)
+        infos = [extra.get("reward_extra_info") for extra, keep in zip(extra_fields, real) if keep and isinstance(extra, dict)]
+        for kind, count in failure_kinds(infos).items():
+            metrics[FAILED_ATTEMPTS_PREFIX + kind] = float(count)
         rollout_data_dir = config.trainer.get("rollout_data_dir", None)
         if rollout_data_dir:
             write_step_turn_scores(rollout_data_dir, global_steps, computation.decoded, uid, rows)

@@ -110,6 +110,12 @@ REACHES: tuple[Reach, ...] = (
         "branching on the registered trainer class instead of the mode name",
     ),
     Reach(
+        "verl.trainer.ppo.v1.trainer_base.PPOTrainer._save_checkpoint (called)",
+        "trainer/ppo/v1/trainer_base.py:948",
+        "am3_verl.compat.trainer",
+        "a public save-now method on the trainer",
+    ),
+    Reach(
         "vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm (always remove_weight=False)",
         "vLLM 0.24.0 model_executor/layers/linear.py:215 (CPU platform only; the vllm.general_plugins entry point)",
         "am3_verl.compat.vllm_plugin",

@@ -8,6 +8,9 @@
   mode it extends; :class:`StepMetricsHook` hands verl a copy of the config whose ``trainer_mode`` is
   the base mode (:func:`with_base_mode`). Branching on the registered class instead of the mode string
   would remove it.
+* A run that must stop mid-training (its judge is gone) saves a checkpoint first through the private
+  ``PPOTrainer._save_checkpoint`` (trainer/ppo/v1/trainer_base.py:948), the method verl's own loop calls
+  every ``save_freq`` steps (:meth:`StepMetricsHook.save_checkpoint_now`). A public "save now" would remove it.
 """
 
 from __future__ import annotations
@@ -42,3 +45,7 @@ class StepMetricsHook:
     def step_metrics(self, batch: Any, global_steps: int) -> dict[str, float]:
         """The metrics to add for step ``global_steps``'s ``batch`` (a ``KVBatchMeta``); override."""
         raise NotImplementedError
+
+    def save_checkpoint_now(self) -> None:
+        """Save a checkpoint of the current step as verl's loop does every ``save_freq`` steps (callback included)."""
+        self._save_checkpoint()  # type: ignore[attr-defined]

@@ -73,6 +73,11 @@ OVERRIDES=(
   +reward.custom_reward_function.reward_kwargs.timeout_s=120
   # verl's sync trainer plus the am3/* training metrics (harmless, helpful, ASR, alpha) every step.
   trainer.v1.trainer_mode=am3_sync
+  # A judge that fails on more than 20% of a step's turns for 2 steps in a row stops the run, after a
+  # checkpoint (rerun to resume); the judge is probed once before the workers start (am3_verl/training).
+  +trainer.am3.max_judge_failure_rate=0.2
+  +trainer.am3.max_judge_failed_steps=2
+  +trainer.am3.probe_judge=True
   trainer.project_name=am3-verl
   trainer.experiment_name=am3_grpo_qwen2_5_vl_7b
   trainer.default_local_dir="$CKPT_DIR"

@@ -31,6 +31,7 @@ PINNED_REACHES = [
     ),
     ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_metrics", "am3_verl.compat.trainer"),
     ("config.trainer.v1.trainer_mode rewritten to the base mode", "am3_verl.compat.trainer"),
+    ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._save_checkpoint (called)", "am3_verl.compat.trainer"),
     (
         "vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm (always remove_weight=False)",
         "am3_verl.compat.vllm_plugin",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from am3_verl.demo_report import read_step_metrics
 from am3_verl.testing.openai_server import RuleJudgeResponder
@@ -50,8 +52,11 @@ class PPORun:
 
 
 def run_tiny_recipe(workdir: Path, data_dir: Path, model_dir: Path, *overrides: str, env: dict[str, str] | None = None,
-                    checkpoints: Path | None = None) -> PPORun:  # fmt: skip
-    """Run the tiny CPU AM3 GRPO recipe with ``overrides`` in ``workdir``; wait for it and collect its logs."""
+                    checkpoints: Path | None = None, watch: Callable[[subprocess.Popen], None] | None = None) -> PPORun:  # fmt: skip
+    """Run the tiny CPU AM3 GRPO recipe with ``overrides`` in ``workdir``; wait for it and collect its logs.
+
+    ``watch(process)``, if given, runs in a thread while the run goes on (the recipe ``exec``s main_ppo,
+    so ``process.pid`` is the driver's)."""
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoints or workdir / "checkpoints"
     metrics_file = workdir / "metrics.jsonl"
@@ -67,11 +72,20 @@ def run_tiny_recipe(workdir: Path, data_dir: Path, model_dir: Path, *overrides: 
     }
     log_path = workdir / "main_ppo.log"
     with open(log_path, "w") as log:
-        process = subprocess.run(
-            ["bash", str(TINY_CPU_RECIPE), *overrides],
-            cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S,
-        )  # fmt: skip
-    return PPORun(process.returncode, log_path.read_text(), read_step_metrics(metrics_file), checkpoints)
+        process = subprocess.Popen(
+            ["bash", str(TINY_CPU_RECIPE), *overrides], cwd=workdir, env=run_env, stdout=log, stderr=subprocess.STDOUT
+        )
+        watcher = threading.Thread(target=watch, args=(process,), daemon=True) if watch else None
+        if watcher:
+            watcher.start()
+        try:
+            returncode = process.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        if watcher:
+            watcher.join(timeout=30)
+    return PPORun(returncode, log_path.read_text(), read_step_metrics(metrics_file), checkpoints)
 
 
 class SpreadJudgeResponder(RuleJudgeResponder):
