@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from am3_verl.data.readers import json_problem, parse_object
 from am3_verl.atomic import write_text_atomic
 from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
@@ -177,12 +178,13 @@ def load_task(path: str | Path, max_image_bytes: int = MAX_IMAGE_FILE_BYTES) -> 
             rejects.append(GeneralReject(str(path), line_no, record_id, name, reason))
 
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            reject(None, "record", f"not JSON: {exc}")
+            record = parse_object(line)
+        except ValueError as exc:
+            reject(None, "record", f"not a JSON object: {exc}")
             continue
-        if not isinstance(record, dict):
-            reject(None, "record", "not a JSON object")
+        problem = json_problem(record)  # a duplicate key (json keeps the last), deep nesting, a lone surrogate
+        if problem is not None:
+            reject(None, problem[0], problem[1])
             continue
         record_id = record.get("id") if isinstance(record.get("id"), str) else None
         try:

@@ -137,3 +137,19 @@ def test_answer_normalisation():
     assert normalise("  The Plus-Sign! ") == "plus sign"
     assert exact_match("A plus sign.", ["plus sign"]) and not exact_match("It is a plus sign", ["plus sign"])
     assert contains_match("It is a plus sign", ["plus sign"]) and not contains_match("surplus signage", ["plus sign"])
+
+
+def test_a_general_record_with_a_duplicate_key_is_a_reject_naming_it(tmp_path):
+    """json.loads keeps the last of two equal keys; the loader refuses the record instead, like data prep."""
+    from am3_verl.eval.general import load_task
+
+    path = tmp_path / "dup.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "2+2?", "answer": "4"}\n'
+        '{"id": "b", "question": "3+3?", "answer": "6", "answer": "7"}\n'
+        '{"id": "c", "question": "\\ud800?", "answer": "x"}\n'
+    )
+    items, rejects, read = load_task(path)
+    assert read == 3 and [item.id for item in items] == ["a"]
+    assert [(r.id, r.field) for r in rejects] == [(None, "answer"), (None, "question")]
+    assert "more than once" in rejects[0].reason
