@@ -1,6 +1,6 @@
 """A test oracle for leaked secrets: which pieces of a key can be read back from a text by the usual decodings.
 
-Independent of :func:`am3_verl.clients.transport.redact`: it decodes the text every way a reader (or an
+Independent of :func:`am3_verl.clients.redaction.redact`: it decodes the text every way a reader (or an
 attacker) would try (HTML entities, percent-encoding, JSON escapes, base64 at every alignment, and
 these nested) and looks for any ``width``-character piece of the secret in the results.
 """

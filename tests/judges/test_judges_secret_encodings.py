@@ -11,7 +11,7 @@ import pytest
 
 from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
-from am3_verl.clients.transport import redact
+from am3_verl.clients.redaction import redact
 from am3_verl.judges.config import resolve_judge_config
 from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
 from secret_oracle import ENCODINGS, readable_pieces

@@ -120,7 +120,7 @@ def test_every_encoding_of_a_key_is_redacted():
     import json
     from urllib.parse import quote, quote_plus
 
-    from am3_verl.clients.transport import redact
+    from am3_verl.clients.redaction import redact
 
     forms = [QUOTED_SECRET, json.dumps(QUOTED_SECRET)[1:-1], quote(QUOTED_SECRET, safe=""), quote_plus(QUOTED_SECRET)]
     text = " | ".join(f"server said {form}" for form in forms)
