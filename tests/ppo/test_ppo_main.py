@@ -62,33 +62,28 @@ def test_rollout_weights_follow_the_actor_every_step(am3_run):
         assert am3_run.metrics[step]["am3/sync/logprob_abs_diff/max"] < HF_SYNC_TOLERANCE
 
 
-def test_without_weight_sync_rollout_and_actor_diverge(tmp_path, rl_data_dir, tiny_qwen_dir, judge_env):
-    """Negative control: the ``hf_stale`` backend (tests/ppo/stale_rollout.py) never receives weights."""
-    env = {**judge_env, "VERL_USE_EXTERNAL_MODULES": "stale_rollout", "PYTHONPATH": str(REPO / "tests" / "ppo")}
-    run = run_tiny_recipe(
-        tmp_path, rl_data_dir, tiny_qwen_dir, "actor_rollout_ref.rollout.name=hf_stale",
-        "trainer.total_training_steps=2", "trainer.save_freq=-1", "trainer.test_freq=-1", env=env,
-    ).check()  # fmt: skip
-    assert run.metrics[1]["am3/sync/logprob_abs_diff/max"] < HF_SYNC_TOLERANCE  # same initial weights
-    assert run.metrics[2]["am3/sync/logprob_abs_diff/max"] > 10 * HF_SYNC_TOLERANCE
+def test_resume_continues_from_the_saved_step_and_the_sync_check_fails_without_sync(
+    tmp_path, am3_run, rl_data_dir, tiny_qwen_dir, judge_env
+):  # fmt: skip
+    """Resume from the uninterrupted run's step-1 checkpoint with ``trainer.resume_mode=auto``, through the
+    ``hf_sync_once`` backend (tests/ppo/sync_once_hf.py), which delivers only the first weight update.
 
-
-def test_resume_continues_from_the_saved_step(tmp_path, am3_run, rl_data_dir, tiny_qwen_dir, judge_env):
-    """Stop after step 1 (its checkpoint), resume with ``trainer.resume_mode=auto``, compare with the uninterrupted run.
-
-    Tolerance: the resumed step 2 trains on exactly the uninterrupted run's step-2 prompts (dataloader
-    position restored), and its KL to the reference - zero unless the step-1 weights were restored -
-    is within a factor of 3 of the uninterrupted run's (sampling differs between the runs).
+    Step 2 trains on exactly the uninterrupted run's step-2 prompts (dataloader position restored), with the
+    restored weights synced (the gap within the tolerance), and its KL to the reference - zero unless the
+    step-1 weights were restored - within a factor of 3 of the uninterrupted run's (sampling differs).
+    Step 3 is the negative control: the rollout keeps the step-1 weights while the actor has moved, and
+    the sync check sees it.
     """
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(am3_run.checkpoints / "global_step_1", checkpoints / "global_step_1")
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("1")
+    env = {**judge_env, "VERL_USE_EXTERNAL_MODULES": "sync_once_hf", "PYTHONPATH": str(REPO / "tests" / "ppo")}
     run = run_tiny_recipe(
-        tmp_path, rl_data_dir, tiny_qwen_dir, "trainer.total_training_steps=2", "trainer.resume_mode=auto",
-        "trainer.save_freq=1", "trainer.test_freq=-1", f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
-        env=judge_env, checkpoints=checkpoints,
+        tmp_path, rl_data_dir, tiny_qwen_dir, "actor_rollout_ref.rollout.name=hf_sync_once",
+        "trainer.total_training_steps=3", "trainer.resume_mode=auto", "trainer.save_freq=1", "trainer.test_freq=-1",
+        f"trainer.rollout_data_dir={tmp_path / 'rollouts'}", env=env, checkpoints=checkpoints,
     ).check()  # fmt: skip
-    assert sorted(run.metrics) == [2]
+    assert sorted(run.metrics) == [2, 3]
 
     def step_prompts(rollouts):
         return sorted(json.loads(line)["input"] for line in (rollouts / "2.jsonl").read_text().splitlines())
@@ -96,6 +91,8 @@ def test_resume_continues_from_the_saved_step(tmp_path, am3_run, rl_data_dir, ti
     assert step_prompts(tmp_path / "rollouts") == step_prompts(am3_run.checkpoints.parent / "rollouts")
     resumed, uninterrupted = run.metrics[2]["actor/kl_loss"], am3_run.metrics[2]["actor/kl_loss"]
     assert resumed > 0 and uninterrupted / 3 <= resumed <= uninterrupted * 3
+    assert run.metrics[2]["am3/sync/logprob_abs_diff/max"] < HF_SYNC_TOLERANCE  # the restored weights reached the rollout
+    assert run.metrics[3]["am3/sync/logprob_abs_diff/max"] > 10 * HF_SYNC_TOLERANCE  # the step-2 update did not
     assert (checkpoints / "global_step_2" / "actor" / "huggingface" / "config.json").is_file()
 
 
