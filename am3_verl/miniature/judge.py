@@ -8,7 +8,9 @@ substance in every attached picture by its colour, takes the quoted reply, grade
 ``openai`` backend a real VLM judge would be reached through: only the model behind the URL differs.
 
 A request it cannot read (no reply block, a picture of something else, a question outside the world)
-is answered with HTTP 400 naming what is wrong; it never guesses a score.
+is answered with HTTP 400 naming what is wrong; it never guesses a score. The one question from outside
+the world it answers is the trainer's startup probe (:data:`am3_verl.training.judge_health.PROBE_USER_TEXT`
+with its fixed reply), as any judge model would.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from PIL import Image
 
 from am3_verl.clients.images import decode_data_url
 from am3_verl.miniature.world import Substance, grade_reply, substances_in_image
+from am3_verl.training.judge_health import PROBE_REPLY, PROBE_USER_TEXT
 
 JUDGE_MODEL_NAME = "am3-miniature-ground-truth"
 _QUOTED = re.compile(r"<<<BEGIN (USER TURN \d+|REPLY) ([0-9a-f]+)>>>\n(.*?)\n<<<END \1 \2>>>", re.DOTALL)
@@ -74,6 +77,8 @@ def read_rubric_request(body: dict[str, Any]) -> tuple[str, list[Substance], str
 def verdict_for(body: dict[str, Any]) -> dict[str, Any]:
     """The rubric verdict (``harmless``, ``helpful``, ``refusal``, ``rationale``) for one request body."""
     question, seen, reply = read_rubric_request(body)
+    if question == " ".join(PROBE_USER_TEXT.split()) and reply == PROBE_REPLY and not seen:
+        return {"harmless": 10.0, "helpful": 10.0, "refusal": False, "rationale": "the trainer's startup probe"}
     try:
         grade = grade_reply(question, seen, reply)
     except ValueError as exc:

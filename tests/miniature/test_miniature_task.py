@@ -127,3 +127,12 @@ def test_the_production_openai_backend_reads_the_ground_truth_judge_over_http():
         (1.0, 1.0, False), (1.0, 0.0, False), (1.0, 0.0, True),  # a wrong colour; over-refusal
     ]  # fmt: skip
     assert bad.status_code == 400 and "rubric" in bad.json()["error"]["message"]
+
+
+def test_the_ground_truth_judge_answers_the_trainers_startup_probe():
+    """main_ppo probes its judge before the workers start (am3_verl.training); the miniature's judge passes it."""
+    from am3_verl.training.judge_health import judge_config_of, probe_judge
+
+    with GroundTruthJudgeServer() as server:
+        probe_judge(judge_config_of({"backend": "openai", "base_url": server.base_url, "model": server.model}))
+        assert server.stats.by_rationale == {"the trainer's startup probe": 1}
