@@ -35,7 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     partial = partial_path(path)
     try:
         yield partial
-        _fsync(partial)
+        fsync_file(partial)
         os.replace(partial, path)
     except OSError as exc:
         if exc.errno is None or exc.filename is not None:
@@ -74,8 +74,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def _fsync(path: Path) -> None:
-    # flushed before the rename, so a crash cannot leave the new name pointing at unwritten blocks
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush ``path``'s content to disk. Called before a rename, so a crash cannot leave the new name pointing
+    at unwritten blocks."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

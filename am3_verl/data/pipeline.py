@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from am3_verl.atomic import fsync_file
 from am3_verl.data.errors import DataPrepError
 from am3_verl.data.validate import Reject, RejectWriter
 
@@ -318,7 +319,7 @@ class StagedOutputs:
         ``stale`` outputs, discard the rest."""
         names = list(self._partial) if names is None else list(names)
         for name in names:
-            _fsync(self._partial[name])  # before any rename: a crash cannot leave a final name on unwritten blocks
+            fsync_file(self._partial[name])  # before any rename: a crash cannot leave a final name on unwritten blocks
         for name in stale:
             (self.out_dir / name).unlink(missing_ok=True)
         for name in names:
@@ -330,14 +331,6 @@ class StagedOutputs:
         for partial in self._partial.values():
             partial.unlink(missing_ok=True)
         self._partial.clear()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ParquetSink:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from PIL import Image
 
+from am3_verl.clients.chat import ChatClient
+from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.dialogue import AssistantTurnRecord
 
 
@@ -34,3 +37,16 @@ def make_records(exchanges: list[tuple[str, list[bytes], str]], *, truncated_las
             ).model_dump()
         )
     return records
+
+
+def complete_once(endpoint: EndpointConfig, messages: list[dict]):
+    """One chat completion through a fresh :class:`ChatClient` of ``endpoint``: ``(result, client)``."""
+    client = ChatClient(endpoint)
+
+    async def go():
+        try:
+            return await client.complete(messages)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go()), client

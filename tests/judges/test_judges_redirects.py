@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
-from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
+from judge_helpers import complete_once
 
 MESSAGES = [{"role": "user", "content": "a private dialogue turn"}]
 KEY = "sk-redirect-test-0123456789"
 
 
 def complete(endpoint: EndpointConfig):
-    client = ChatClient(endpoint)
-
-    async def go():
-        try:
-            return await client.complete(MESSAGES)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+    return complete_once(endpoint, MESSAGES)[0]
 
 
 def endpoint_of(server: LoopbackOpenAIServer, **overrides) -> EndpointConfig:

@@ -3,18 +3,17 @@ credentials in a URL never reach a log line or an error, and cannot be combined 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 
 import pytest
 
-from am3_verl.clients.chat import ChatClient
 from am3_verl.clients.endpoint import EndpointConfig
 from am3_verl.clients.redaction import redact
 from am3_verl.judges.config import resolve_judge_config
 from am3_verl.testing.openai_server import FaultPlan, LoopbackOpenAIServer, constant_responder
 from secret_oracle import ENCODINGS, readable_pieces
+from judge_helpers import complete_once
 
 SECRET = "sk-am3/t0k+en&7f3a9c1e5b2d"
 KEY_ENV = "AM3_TEST_ENCODED_KEY"
@@ -22,15 +21,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 def complete(endpoint: EndpointConfig):
-    client = ChatClient(endpoint)
-
-    async def go():
-        try:
-            return await client.complete(MESSAGES)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go()), client
+    return complete_once(endpoint, MESSAGES)
 
 
 def test_the_oracle_sees_every_encoding():
