@@ -37,7 +37,7 @@ from am3_verl.advantage.metrics import am3_metrics, logprob_agreement_metrics, t
 from am3_verl.advantage.turn_score_dump import write_step_turn_scores
 from am3_verl.compat.trainer import StepMetricsHook
 from am3_verl.training import config as trainer_config
-from am3_verl.training.checkpoints import TRACKER, CompleteCheckpointMarker, incompleteness, resolve_resume_checkpoint
+from am3_verl.training.checkpoints import CompleteCheckpointMarker, is_saved, resolve_resume_checkpoint
 from am3_verl.training.judge_health import (
     JudgeFailureBudget,
     JudgeUnavailable,
@@ -111,12 +111,10 @@ class Am3MetricsMixin(StepMetricsHook):
         if not self.am3_judge_budget.observe(global_steps, rate, kinds):
             return
         root = checkpoint_root(self.config)  # type: ignore[attr-defined]
-        folder = root / f"global_step_{global_steps}"
-        tracker = root / TRACKER
-        if not (tracker.is_file() and tracker.read_text().strip() == str(global_steps) and incompleteness(folder) is None):
+        if not is_saved(root, global_steps):  # verl's own save_freq may have saved this step already
             self.save_checkpoint_now()
         judge = self.am3_judge.describe() if self.am3_judge is not None else "the reward function's judge"
-        message = self.am3_judge_budget.stop_message(judge, str(folder))
+        message = self.am3_judge_budget.stop_message(judge, str(root / f"global_step_{global_steps}"))
         logger.error("am3: %s", message)
         raise JudgeUnavailable(message)
 

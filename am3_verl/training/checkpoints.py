@@ -80,6 +80,12 @@ def _tracked_step(root: Path) -> tuple[int | None, str | None]:
     return (int(text), None) if text.isdigit() else (None, f"{tracker} holds {text!r}, not a step number")
 
 
+def is_saved(root: str | os.PathLike, step: int) -> bool:
+    """Whether ``root``'s tracker names ``step`` and that step's folder is complete."""
+    root = Path(root)
+    return _tracked_step(root)[0] == step and incompleteness(root / f"global_step_{step}") is None
+
+
 def resolve_resume_checkpoint(root: str | os.PathLike) -> Path | None:
     """Make ``root``'s tracker name its newest complete checkpoint, before verl resumes from it; returns that folder.
 

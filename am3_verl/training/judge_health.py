@@ -39,7 +39,7 @@ class JudgeUnavailable(RuntimeError):
 def judge_config_of(reward_kwargs: Mapping[str, Any] | None) -> JudgeConfig | None:
     """The judge the reward function will build from ``reward_kwargs``; None when they name no am3 judge
     (no ``backend`` key: another reward function). Raises ``ValueError`` for a malformed am3 judge config."""
-    kwargs = {key: value for key, value in dict(reward_kwargs or {}).items()}
+    kwargs = dict(reward_kwargs or {})
     if "backend" not in kwargs:
         return None
     kwargs.pop("helpful_weight", None)  # the single-turn reward's own argument

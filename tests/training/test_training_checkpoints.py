@@ -13,6 +13,7 @@ from am3_verl.training.checkpoints import (
     CompleteCheckpointMarker,
     IncompleteCheckpoint,
     incompleteness,
+    is_saved,
     resolve_resume_checkpoint,
 )
 
@@ -39,7 +40,9 @@ def test_the_callback_marks_the_folder_and_points_the_tracker_at_it(tmp_path):
 
 def test_a_save_killed_before_its_marker_resumes_from_the_previous_complete_one(tmp_path):
     saved(tmp_path, 1)
+    assert is_saved(tmp_path, 1) and not is_saved(tmp_path, 2)
     saved(tmp_path, 2, marked=False)  # verl wrote the tracker, the driver died before the callback
+    assert not is_saved(tmp_path, 2)
     assert resolve_resume_checkpoint(tmp_path) == tmp_path / "global_step_1"
     assert (tmp_path / TRACKER).read_text() == "1"
 
