@@ -120,17 +120,30 @@ def _refusal_metrics(records: Sequence[TurnScores | None] | None, num_turns: tor
     }
 
 
+UNIFORM_ALPHA_ATOL = 1e-9
+"""Turn weights of a group closer than this (float64) count as uniform in ``am3/alpha/nonuniform_group_fraction``."""
+
+
 def _alpha_metrics(alpha: torch.Tensor, present: torch.Tensor) -> dict[str, float]:
+    """Turn-weight metrics over the groups with a present turn; ``nonuniform_group_fraction`` over those with two or more.
+
+    A group's weights are uniform when eq. 7's ``U`` is equal at all its turns (e.g. every rollout harmless at
+    every turn); then, with same-length rollouts, the ``paper`` reward is the mean of the turn rewards and
+    ``am3_grpo`` gives the advantages of plain ``grpo`` on the same rows (docs/method.md).
+    """
     groups = present.any(dim=1)
     alpha, present = alpha[groups], present[groups]
     log_alpha = torch.log(alpha.clamp_min(torch.finfo(alpha.dtype).tiny))
     entropy = -(torch.where(present, alpha * log_alpha, torch.zeros_like(alpha))).sum(dim=1)
     num_present = present.sum(dim=1)
     several = num_present >= 2
+    lowest = alpha.masked_fill(~present, float("inf")).min(dim=1).values
+    nonuniform = (alpha.max(dim=1).values - lowest) > UNIFORM_ALPHA_ATOL
     metrics = {
         "am3/alpha/entropy/mean": _mean(entropy),
         "am3/alpha/normalized_entropy/mean": _mean(entropy[several] / torch.log(num_present[several].double())),
         "am3/alpha/max_weight/mean": _mean(alpha.max(dim=1).values),
+        "am3/alpha/nonuniform_group_fraction": _mean(nonuniform[several].float()),
     }
     for turn in range(alpha.shape[1]):
         metrics[f"am3/alpha/turn_{turn + 1}/mean"] = _mean(alpha[present[:, turn], turn])

@@ -38,6 +38,7 @@ from am3_verl.advantage.turn_score_dump import write_step_turn_scores
 from am3_verl.compat.trainer import StepMetricsHook
 from am3_verl.training import config as trainer_config
 from am3_verl.training.checkpoints import CompleteCheckpointMarker, is_saved, resolve_resume_checkpoint
+from am3_verl.training import weight_sync
 from am3_verl.training.judge_health import (
     JudgeFailureBudget,
     JudgeUnavailable,
@@ -94,11 +95,16 @@ class Am3MetricsMixin(StepMetricsHook):
             logger.info("am3 judge answered the startup probe: %s", self.am3_judge.describe())
         if config.trainer.resume_mode == "auto":
             resolve_resume_checkpoint(checkpoint_root(config))
+        self.am3_sync_check, why = weight_sync.sync_check_mode(config)
+        (logger.info if self.am3_sync_check else logger.warning)("am3 weight-sync check: %s", why)
         super().__init__(with_checkpoint_marker(config))
 
-    def step_metrics(self, batch: KVBatchMeta, global_steps: int) -> dict[str, float]:
-        """See :meth:`compute_am3_step_metrics`; then applies the judge-failure budget (:meth:`check_judge_budget`)."""
+    def step_metrics(self, batch: KVBatchMeta, global_steps: int, verl_metrics: dict) -> dict[str, float]:
+        """See :meth:`compute_am3_step_metrics`, plus the bypass-mode weight-sync check from ``verl_metrics``
+        (:mod:`am3_verl.training.weight_sync`); then applies the judge-failure budget (:meth:`check_judge_budget`)."""
         metrics = self.compute_am3_step_metrics(batch, global_steps)
+        if self.am3_sync_check == weight_sync.BYPASS_UPDATE:
+            metrics.update(weight_sync.bypass_sync_metrics(verl_metrics))
         self.check_judge_budget(metrics, global_steps)
         return metrics
 
@@ -157,7 +163,8 @@ class Am3MetricsMixin(StepMetricsHook):
         rollout_data_dir = config.trainer.get("rollout_data_dir", None)
         if rollout_data_dir:
             write_step_turn_scores(rollout_data_dir, global_steps, computation.decoded, uid, rows)
-        if with_logprobs:
+        # In bypass mode old_log_probs are the rollout's own: the gap would be 0 whatever the weights.
+        if with_logprobs and self.am3_sync_check == weight_sync.RECOMPUTED:
             mask = padded["response_mask"][rows]
             metrics.update(logprob_agreement_metrics(padded["rollout_log_probs"][rows], padded["old_log_probs"][rows], mask))
         return metrics

@@ -40,10 +40,11 @@ class StepMetricsHook:
 
     def _compute_metrics(self, batch: Any, metrics: dict, timing_raw: dict, global_steps: int, epoch: int):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)  # type: ignore[misc]
-        metrics.update(self.step_metrics(batch, global_steps))
+        metrics.update(self.step_metrics(batch, global_steps, metrics))
 
-    def step_metrics(self, batch: Any, global_steps: int) -> dict[str, float]:
-        """The metrics to add for step ``global_steps``'s ``batch`` (a ``KVBatchMeta``); override."""
+    def step_metrics(self, batch: Any, global_steps: int, verl_metrics: dict) -> dict[str, float]:
+        """The metrics to add for step ``global_steps``'s ``batch`` (a ``KVBatchMeta``), given the step's metrics
+        verl computed so far (``verl_metrics``: its actor-update figures included, read-only); override."""
         raise NotImplementedError
 
     def save_checkpoint_now(self) -> None:

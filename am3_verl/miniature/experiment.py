@@ -132,7 +132,8 @@ def eval_metrics(results_dir: Path) -> dict:
 
 def training_curve(run_dir: Path) -> dict[int, dict[str, float]]:
     """Step -> the am3/* training metrics of one GRPO run (from verl's file logger)."""
-    keys = ("am3/reward/mean", "am3/harmless/mean", "am3/helpful/mean", "am3/asr", "am3/refusal_rate", "am3/groups/mixed_length_fraction")
+    keys = ("am3/reward/mean", "am3/harmless/mean", "am3/helpful/mean", "am3/asr", "am3/refusal_rate", "am3/groups/mixed_length_fraction",
+            "am3/alpha/nonuniform_group_fraction", "am3/sync/bypass_kl")  # fmt: skip
     return {step: {k.split("/", 1)[1]: m[k] for k in keys if k in m} for step, m in read_step_metrics(run_dir / "metrics.jsonl").items()}
 
 

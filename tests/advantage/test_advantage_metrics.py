@@ -72,6 +72,8 @@ def test_metrics_match_the_records(tokenizer):
     assert metrics["am3/alpha/max_weight/mean"] == pytest.approx(np.mean([max(a) for a in alphas]), abs=1e-9)
     several = [(e, len(a)) for e, a in zip(entropy, alphas) if len(a) >= 2]
     assert metrics["am3/alpha/normalized_entropy/mean"] == pytest.approx(np.mean([e / math.log(n) for e, n in several]), abs=1e-9)
+    nonuniform = [max(a) - min(a) > 1e-9 for a in alphas if len(a) >= 2]
+    assert metrics["am3/alpha/nonuniform_group_fraction"] == pytest.approx(np.mean(nonuniform))
     for t in range(4):
         by_group = [ref.alpha[g][t] for g in sorted(ref.alpha) if t < len(ref.present[g]) and ref.present[g][t]]
         assert metrics[f"am3/alpha/turn_{t + 1}/mean"] == pytest.approx(np.mean(by_group), abs=1e-9)

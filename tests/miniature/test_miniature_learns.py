@@ -20,6 +20,10 @@ pytestmark = pytest.mark.slow
 STEPS = 3
 SFT_STEPS = 100
 """Fewer than the default 150 (the suite's time budget); enough for the reply templates and most colours."""
+BYPASS_KL_TOLERANCE = 1e-3
+"""|am3/sync/bypass_kl| accepted with the weights synced. Measured in this configuration: 1.1e-4 at every step, before
+any update too (the hf rollout and verl's actor differ by ~1e-4 nats per token on the SFT'd h128 model; README,
+"Train on CPU"), and 0.073 with a rollout one update behind (the hf_sync_once backend of tests/ppo)."""
 
 # The bounds below are calibrated on GRPO-only reruns of this configuration from the same SFT checkpoint
 # (held-out ASR 1.00, harmless 0.836, helpful 0.264, over-refusal 0) with other rollout seeds. After
@@ -50,6 +54,13 @@ def test_grpo_raises_the_reward_and_held_out_harmlessness_over_the_sft_checkpoin
     assert after["helpful"] > before["helpful"], (before, after)
     summary = results["summary"]["am3_grpo"]
     assert summary["harmless_after"] == after["harmless"] and summary["seeds"] == [0]
+
+
+def test_the_rollout_served_the_updated_weights_at_every_step(results):
+    # The miniature runs verl's bypass mode (no recomputed old log-probs): the sync check is the update's
+    # KL(rollout || actor) on the step's tokens, which a stale rollout raises (test_ppo_main's negative control).
+    curve = results["runs"][0]["curve"]
+    assert all(abs(curve[str(step)]["sync/bypass_kl"]) < BYPASS_KL_TOLERANCE for step in range(1, STEPS + 1)), curve
 
 
 def test_the_turn_count_bias_is_measured_on_the_runs_rollouts(results):

@@ -14,7 +14,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from ppo_helpers import AM3_STEP_KEYS, HF_SYNC_TOLERANCE, REPO, run_tiny_recipe
+from am3_verl.training.weight_sync import BYPASS_KL
+from ppo_helpers import AM3_STEP_KEYS, HF_BYPASS_KL_TOLERANCE, HF_SYNC_TOLERANCE, REPO, run_tiny_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,8 @@ def test_resume_continues_from_the_saved_step_and_the_sync_check_fails_without_s
     restored weights synced (the gap within the tolerance), and its KL to the reference - zero unless the
     step-1 weights were restored - within a factor of 3 of the uninterrupted run's (sampling differs).
     Step 3 is the negative control: the rollout keeps the step-1 weights while the actor has moved, and
-    the sync check sees it.
+    the sync check sees it. The run uses verl's bypass mode (old log-probs are the rollout's), so the check
+    is the one bypass runs such as the miniature rely on: ``am3/sync/bypass_kl``, read from the update.
     """
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(am3_run.checkpoints / "global_step_1", checkpoints / "global_step_1")
@@ -81,6 +83,7 @@ def test_resume_continues_from_the_saved_step_and_the_sync_check_fails_without_s
     run = run_tiny_recipe(
         tmp_path, rl_data_dir, tiny_qwen_dir, "actor_rollout_ref.rollout.name=hf_sync_once",
         "trainer.total_training_steps=3", "trainer.resume_mode=auto", "trainer.save_freq=1", "trainer.test_freq=-1",
+        "algorithm.rollout_correction.bypass_mode=True",
         f"trainer.rollout_data_dir={tmp_path / 'rollouts'}", env=env, checkpoints=checkpoints,
     ).check()  # fmt: skip
     assert sorted(run.metrics) == [2, 3]
@@ -91,8 +94,9 @@ def test_resume_continues_from_the_saved_step_and_the_sync_check_fails_without_s
     assert step_prompts(tmp_path / "rollouts") == step_prompts(am3_run.checkpoints.parent / "rollouts")
     resumed, uninterrupted = run.metrics[2]["actor/kl_loss"], am3_run.metrics[2]["actor/kl_loss"]
     assert resumed > 0 and uninterrupted / 3 <= resumed <= uninterrupted * 3
-    assert run.metrics[2]["am3/sync/logprob_abs_diff/max"] < HF_SYNC_TOLERANCE  # the restored weights reached the rollout
-    assert run.metrics[3]["am3/sync/logprob_abs_diff/max"] > 10 * HF_SYNC_TOLERANCE  # the step-2 update did not
+    assert abs(run.metrics[2][BYPASS_KL]) < HF_BYPASS_KL_TOLERANCE  # the restored weights reached the rollout (measured -5e-8)
+    assert run.metrics[3][BYPASS_KL] > 10 * HF_BYPASS_KL_TOLERANCE  # the step-2 update did not (measured 7.5e-4)
+    assert not any(key.startswith("am3/sync/logprob_abs_diff") for key in run.metrics[3])  # blind in bypass mode: not logged
     assert (checkpoints / "global_step_2" / "actor" / "huggingface" / "config.json").is_file()
 
 
