@@ -55,6 +55,7 @@ class HFReplica(RolloutReplica):
                 model_path=self.model_config.path,
                 response_length=self.config.response_length,
                 seed=self.config.seed + self.replica_rank,
+                max_batch_size=self.config.max_num_seqs,
             )
         )
         await server.get_stats.remote()  # surfaces a load failure here, not at the first generate

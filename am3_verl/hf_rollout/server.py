@@ -7,10 +7,11 @@ life-cycle calls (``wake_up``, ``sleep``, kv-cache, abort, profile), which have 
 model without a paged KV cache. ``update_weights`` loads the actor's full weights, sent by the
 :class:`~am3_verl.hf_rollout.adapter.HFServerAdapter` of the leader training rank every step.
 
-The model lives on verl's current device (``VERL_PLATFORM=cpu`` gives the CPU). Requests are served one
-at a time in arrival order: a tiny model on two cores gains nothing from padding prompts of different
-lengths and image layouts into one ``generate`` call. With a seed, what is sampled does not depend on
-the order in which the agent loops' requests arrive (:class:`LocalGenerationClient`).
+The model lives on verl's current device (``VERL_PLATFORM=cpu`` gives the CPU). Concurrent requests are
+served in batches of up to ``rollout.max_num_seqs`` (verl's cap on sequences per batch), one left-padded
+``generate`` per batch of requests whose images have one tensor layout. With a seed, what is sampled
+depends neither on the order in which the agent loops' requests arrive nor on which of them share a
+batch (:class:`LocalGenerationClient`).
 """
 
 from __future__ import annotations
@@ -65,10 +66,17 @@ class HFRolloutServer:
 
     ``model_path`` is the policy checkpoint (any ``AutoModelForImageTextToText`` VLM with its processor);
     ``response_length`` is verl's default ``max_tokens`` for a call that passes none; ``seed`` makes the
-    sampled tokens reproducible.
+    sampled tokens reproducible; ``max_batch_size`` caps the requests answered by one ``generate``.
     """
 
-    def __init__(self, model_path: str, response_length: int, seed: Optional[int] = None, device: Optional[str] = None):
+    def __init__(
+        self,
+        model_path: str,
+        response_length: int,
+        seed: Optional[int] = None,
+        device: Optional[str] = None,
+        max_batch_size: int = 64,
+    ):
         from transformers import AutoModelForImageTextToText
         from verl.utils import hf_processor
         from verl.utils.device import get_device_name
@@ -77,7 +85,9 @@ class HFRolloutServer:
         model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval().to(self.device)
         # The processor verl's agent loops use (am3-verl's LLaVA-NeXT binding included), so the server
         # counts image features exactly as the token builder expanded them.
-        self.client = LocalGenerationClient(model, hf_processor(model_path), default_max_tokens=response_length, seed=seed)
+        self.client = LocalGenerationClient(
+            model, hf_processor(model_path), default_max_tokens=response_length, seed=seed, max_batch_size=max_batch_size
+        )
         self.weight_version = 0
         self.stats: dict[str, float] = {"weight_updates": 0, "weight_update_s": 0.0, "generate_calls": 0, "generate_s": 0.0}
 
@@ -127,7 +137,7 @@ class HFRolloutServer:
         """No-op (no persistent KV cache)."""
 
     async def abort_all_requests(self, reject_request: bool = False) -> dict[str, Any]:
-        """Nothing to abort between steps: requests run to completion one at a time."""
+        """Nothing to abort between steps: every request runs to completion."""
         return {"aborted_count": 0, "request_ids": []}
 
     async def resume_generation(self) -> None:

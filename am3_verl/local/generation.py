@@ -15,10 +15,16 @@ What it promises, like verl's vLLM server with ``logprobs_mode="processed_logpro
 * the image/video placeholder tokens are never sampled (a policy-written placeholder would claim an image
   that does not exist and break every later turn's image features);
 * with a ``seed``, the sampled tokens do not depend on the order in which concurrent requests arrive: each
-  call draws from a generator seeded by the client's seed, the weight version (``global_steps``), the
-  request's content (prompt ids and image pixels) and how many earlier calls of this weight version
-  carried the same content. Calls with equal content are interchangeable, so a batch of agent loops
-  gets the same multiset of samples however its asyncio tasks interleave.
+  call draws from its own generator, seeded by the client's seed, the weight version (``global_steps``),
+  the request's content (prompt ids, image pixels and sampling settings) and how many earlier calls of
+  this weight version carried the same content. Calls with equal content are interchangeable, so a batch of agent loops
+  gets the same multiset of samples however its asyncio tasks interleave;
+* concurrent calls are answered together: the requests waiting when the model is free (up to
+  ``max_batch_size``, with vision inputs of one shape) go through one left-padded ``generate``. Each row
+  still draws from its own generator (Gumbel-max sampling, :class:`PerRowSampler`), so a request samples
+  the same tokens alone or in any batch. Only the logits' last bits depend on the batch (padding and
+  batch size change the order of floating-point sums), and they change a sample only when a row's two
+  largest noise-perturbed logits lie within rounding of each other.
 
 Image inputs: ``image_data`` is every image of the conversation so far (PIL images, in placeholder
 order), as verl's agent loops pass them; the prompt's image tokens must already be expanded for them
@@ -31,10 +37,11 @@ import asyncio
 import hashlib
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 from verl.workers.rollout.replica import TokenOutput
 
 
@@ -49,6 +56,89 @@ class GenerationCall:
     image_features: int
     max_tokens: int
     num_generated: int
+    batch_size: int = 1
+    """How many requests the ``generate`` that answered this one served together."""
+
+
+@dataclass
+class PreparedRequest:
+    """One validated request, ready to join a batch."""
+
+    request_id: str
+    prompt: torch.Tensor
+    """``[length]`` prompt ids (CPU)."""
+    vision: dict[str, torch.Tensor]
+    """The image processor's tensors for the request's images (``mm_token_type_ids`` per prompt token)."""
+    num_images: int
+    image_tokens: int
+    image_features: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: Optional[int]
+    future: Any = field(default=None, repr=False)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def batch_signature(self) -> tuple:
+        """Requests batch together when their vision tensors concatenate along the first dimension."""
+        return tuple(sorted((key, tuple(value.shape[1:])) for key, value in self.vision.items() if key != "mm_token_type_ids"))
+
+
+class PerRowSampler(LogitsProcessor):
+    """Chooses each row's next token with that row's sampling settings and its own generator.
+
+    Run inside a greedy ``generate``: it returns scores that are ``-inf`` everywhere but the chosen token,
+    so the greedy pick is its choice. Temperature, top-k and top-p are applied as vLLM applies them;
+    ``suppressed`` tokens are never chosen. Greedy rows take the arg-max.
+    """
+
+    def __init__(self, requests: list[PreparedRequest], suppressed: list[int]):
+        self.requests = requests
+        self.suppressed = suppressed
+        self.generators = []
+        for request in requests:
+            generator = torch.Generator()
+            if request.seed is not None:
+                generator.manual_seed(request.seed)
+            else:
+                generator.seed()
+            self.generators.append(generator)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # Never write into ``scores``: generate() keeps that tensor as the step's raw logits (output_logits),
+        # from which the returned log-probs are computed.
+        scores = scores.float().clone()
+        if self.suppressed:
+            scores[:, self.suppressed] = float("-inf")
+        temperatures = torch.tensor([r.temperature if not r.greedy else 1.0 for r in self.requests], device=scores.device)
+        logits = scores / temperatures.unsqueeze(-1)
+        for row, request in enumerate(self.requests):
+            if request.greedy:
+                continue
+            if 0 < request.top_k < logits.shape[-1]:
+                kth = torch.topk(logits[row], request.top_k).values[-1]
+                logits[row] = logits[row].masked_fill(logits[row] < kth, float("-inf"))
+            if request.top_p < 1.0:
+                sorted_logits, order = logits[row].sort(descending=True)
+                sorted_probs = torch.softmax(sorted_logits, dim=-1)
+                # keep the smallest prefix whose mass reaches top_p (the token that crosses it included)
+                drop = (sorted_probs.cumsum(-1) - sorted_probs) >= request.top_p
+                logits[row] = logits[row].scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits). Each row's noise comes from its
+        # own generator, and a draw changes with the logits' rounding only if the top two perturbed values lie
+        # within it (an inverse-CDF draw in vocabulary order moves whenever a boundary near the draw does).
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators]).to(scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+        chosen = (logits + gumbel).argmax(dim=-1)
+        greedy = torch.tensor([r.greedy for r in self.requests], device=scores.device)
+        chosen = torch.where(greedy, scores.argmax(dim=-1), chosen)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(scores.shape[0]), chosen] = 0.0
+        return out
 
 
 class LocalGenerationClient:
@@ -56,20 +146,31 @@ class LocalGenerationClient:
 
     ``model`` and ``processor`` are a loaded ``*ForConditionalGeneration`` and its processor (the
     tokenizer is ``processor.tokenizer``). ``default_max_tokens`` mirrors verl's behaviour of defaulting
-    ``max_tokens`` to the whole ``response_length`` when a caller passes none. Calls are serialised on one
-    lock (one model) and run off the event loop. ``seed`` makes the sampled tokens reproducible.
+    ``max_tokens`` to the whole ``response_length`` when a caller passes none. The model runs off the
+    event loop, one ``generate`` at a time; concurrent calls share it in batches of up to
+    ``max_batch_size`` (module docstring). ``seed`` makes the sampled tokens reproducible.
     (A plain class, not a dataclass: hydra would turn a dataclass into a config when verl passes it to
     ``instantiate``.)
     """
 
-    def __init__(self, model: Any, processor: Any, default_max_tokens: int = 256, global_steps: int = 0, seed: Optional[int] = None):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        default_max_tokens: int = 256,
+        global_steps: int = 0,
+        seed: Optional[int] = None,
+        max_batch_size: int = 64,
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
         self.processor = processor
         self.default_max_tokens = default_max_tokens
         self.global_steps = global_steps
         self.seed = seed
+        self.max_batch_size = max_batch_size
         self.calls: list[GenerationCall] = []
-        self._lock = threading.Lock()
         self._content_counts: Counter[bytes] = Counter()
         self._counted_steps = global_steps
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -78,21 +179,32 @@ class LocalGenerationClient:
             self.image_token_id = getattr(model.config, "image_token_index", None)
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        pad = model.generation_config.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.pad_token_id
         # Placeholder tokens that only the processor may write: a sampled one would add an image token
         # without an image and desync the features of every later turn. Never sampled (their tiny
         # probability mass aside, the returned log-probs are those of the unmodified model).
         self.suppressed_token_ids = sorted(
             {t for t in (self.image_token_id, getattr(model.config, "video_token_id", None)) if isinstance(t, int)}
         )
+        self._init_runtime_state()
+
+    def _init_runtime_state(self) -> None:
+        self._model_lock = threading.Lock()
+        self._seed_lock = threading.Lock()
+        self._pending: list[PreparedRequest] = []
+        self._preparing = 0
+        self._batch_running = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_lock")  # locks do not pickle; Ray ships the client to its actor
+        for key in ("_model_lock", "_seed_lock", "_pending", "_preparing", "_batch_running"):
+            state.pop(key)  # locks and waiting requests do not pickle; Ray ships the client to its actor
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._init_runtime_state()
 
     async def generate(
         self,
@@ -109,7 +221,75 @@ class LocalGenerationClient:
         """Sample a continuation of ``prompt_ids`` (see the module docstring for the guarantees)."""
         if video_data or audio_data:
             raise NotImplementedError("LocalGenerationClient handles text and images only")
-        return await asyncio.to_thread(self._generate_sync, request_id, list(prompt_ids), dict(sampling_params), image_data)
+        self._preparing += 1
+        try:
+            request = await asyncio.to_thread(self._prepare, request_id, list(prompt_ids), dict(sampling_params), image_data)
+        finally:
+            self._preparing -= 1
+        request.future = asyncio.get_running_loop().create_future()
+        self._pending.append(request)
+        if not self._batch_running:
+            await self._run_batches()
+        return await request.future
+
+    async def _run_batches(self) -> None:
+        """Serve waiting requests in batches until none is left (one caller at a time runs this)."""
+        self._batch_running = True
+        try:
+            while self._pending:
+                # Requests still being prepared (image processing, in threads) join this batch when it has room.
+                while self._preparing and len(self._pending) < self.max_batch_size:
+                    await asyncio.sleep(0.001)
+                batch = self._take_batch()
+                try:
+                    outputs = await asyncio.to_thread(self._generate_batch, batch)
+                except Exception as error:  # every request of the batch gets the error, none waits forever
+                    for request in batch:
+                        request.future.set_exception(error)
+                    continue
+                for request, output in zip(batch, outputs):
+                    request.future.set_result(output)
+        finally:
+            self._batch_running = False
+            for request in self._pending:  # the runner was cancelled: fail the rest rather than leave them waiting
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError("generation stopped before this request was served"))
+            self._pending.clear()
+
+    def _take_batch(self) -> list[PreparedRequest]:
+        """The oldest waiting request and, in arrival order, the others that can share its batch."""
+        signature = self._pending[0].batch_signature()
+        batch = [r for r in self._pending if r.batch_signature() == signature][: self.max_batch_size]
+        taken = {id(r) for r in batch}
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        return batch
+
+    def _prepare(
+        self, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], images: Optional[list[Any]]
+    ) -> PreparedRequest:
+        """Validate a request and process its images; draws its sampling seed (arrival order of equal content)."""
+        prompt = torch.tensor(prompt_ids, dtype=torch.long)
+        vision, image_tokens, features = self._vision_inputs(prompt.unsqueeze(0), images)
+        request = PreparedRequest(
+            request_id=request_id,
+            prompt=prompt,
+            vision=vision,
+            num_images=len(images or []),
+            image_tokens=image_tokens,
+            image_features=features,
+            max_tokens=int(sampling_params.get("max_tokens") or self.default_max_tokens),
+            temperature=float(sampling_params.get("temperature", 1.0)),
+            top_p=float(sampling_params.get("top_p", 1.0)),
+            top_k=int(sampling_params.get("top_k", -1)),
+            seed=None,
+        )
+        if self.seed is not None:
+            # Requests are interchangeable only if they ask for the same thing in the same way.
+            settings = (request.max_tokens, request.temperature, request.top_p, request.top_k)
+            content_key = self._content_key(prompt.unsqueeze(0), images, repr(settings).encode())
+            with self._seed_lock:
+                request.seed = self._call_seed(content_key)
+        return request
 
     def _vision_inputs(self, prompt: torch.Tensor, images: Optional[list[Any]]) -> tuple[dict[str, torch.Tensor], int, int]:
         image_tokens = int((prompt == self.image_token_id).sum()) if self.image_token_id is not None else 0
@@ -135,9 +315,10 @@ class LocalGenerationClient:
         return int((expanded["input_ids"] == self.image_token_id).sum())
 
     @staticmethod
-    def _content_key(prompt: torch.Tensor, images: Optional[list[Any]]) -> bytes:
-        """Digest of what a request asks for: its prompt ids (a CPU tensor) and its images' pixels."""
+    def _content_key(prompt: torch.Tensor, images: Optional[list[Any]], settings: bytes = b"") -> bytes:
+        """Digest of what a request asks for: its prompt ids (a CPU tensor), its images' pixels and its sampling settings."""
         content = hashlib.blake2b(prompt.numpy().tobytes(), digest_size=16)
+        content.update(settings)
         for image in images or []:
             pixels = image.numpy() if isinstance(image, torch.Tensor) else image
             content.update(repr((getattr(pixels, "mode", None), getattr(pixels, "size", None), getattr(pixels, "shape", None))).encode())
@@ -145,7 +326,7 @@ class LocalGenerationClient:
         return content.digest()
 
     def _call_seed(self, content_key: bytes) -> int:
-        """The sampling seed of one call (see the module docstring); called under the lock."""
+        """The sampling seed of one call (see the module docstring); called under the seed lock."""
         if self._counted_steps != self.global_steps:  # new weights: the occurrence counts start again
             self._content_counts.clear()
             self._counted_steps = self.global_steps
@@ -155,50 +336,57 @@ class LocalGenerationClient:
         return int.from_bytes(seed.digest(), "little") >> 1  # torch.manual_seed takes up to 2**63 - 1
 
     @torch.no_grad()
-    def _generate_sync(
-        self, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any], images: Optional[list[Any]]
-    ) -> TokenOutput:
-        max_tokens = int(sampling_params.get("max_tokens") or self.default_max_tokens)
-        temperature = float(sampling_params.get("temperature", 1.0))
-        top_p = float(sampling_params.get("top_p", 1.0))
-        top_k = int(sampling_params.get("top_k", -1))
-        greedy = temperature <= 0.0
-        score_temperature = 1.0 if greedy else temperature
-
-        prompt = torch.tensor([prompt_ids], dtype=torch.long)
-        vision, image_tokens, features = self._vision_inputs(prompt, images)
-        content_key = self._content_key(prompt, images) if self.seed is not None else None  # hashed outside the lock
-        with self._lock:
+    def _generate_batch(self, batch: list[PreparedRequest]) -> list[TokenOutput]:
+        """One left-padded ``generate`` for ``batch`` (requests of one :meth:`PreparedRequest.batch_signature`)."""
+        length = max(len(r.prompt) for r in batch)
+        input_ids = torch.full((len(batch), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, request in enumerate(batch):
+            input_ids[row, length - len(request.prompt) :] = request.prompt
+            attention_mask[row, length - len(request.prompt) :] = 1
+        vision: dict[str, torch.Tensor] = {}
+        for key in batch[0].vision:
+            if key == "mm_token_type_ids":  # per prompt token: left-padded like the ids
+                types = torch.zeros((len(batch), length), dtype=torch.long)
+                for row, request in enumerate(batch):
+                    types[row, length - len(request.prompt) :] = request.vision[key][0]
+                vision[key] = types
+            else:
+                vision[key] = torch.cat([request.vision[key] for request in batch], dim=0)
+        with self._model_lock:
             device = self.model.device
-            prompt = prompt.to(device)
-            vision = {key: value.to(device) for key, value in vision.items()}
-            if content_key is not None:
-                torch.manual_seed(self._call_seed(content_key))
             output = self.model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                **vision,
-                max_new_tokens=max_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else temperature,
-                top_p=None if greedy else top_p,
-                top_k=None if greedy or top_k <= 0 else top_k,
-                suppress_tokens=self.suppressed_token_ids or None,
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                **{key: value.to(device) for key, value in vision.items()},
+                max_new_tokens=max(r.max_tokens for r in batch),
+                do_sample=False,  # PerRowSampler chooses every token; the greedy pick takes its choice
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList([PerRowSampler(batch, self.suppressed_token_ids)]),
+                pad_token_id=self.pad_token_id,
                 output_logits=True,
                 return_dict_in_generate=True,
             )
-        token_ids = output.sequences[0, prompt.shape[1] :].tolist()
-        logits = torch.stack(output.logits, dim=1)[0, : len(token_ids)].float().cpu()
-        log_probs = torch.log_softmax(logits / score_temperature, dim=-1)
-        token_log_probs = log_probs.gather(-1, torch.tensor(token_ids).unsqueeze(-1)).squeeze(-1).tolist()
-        # generate() pads finished sequences; keep tokens up to and including the first EOS.
+        logits = torch.stack(output.logits, dim=1).float().cpu()
+        generated = output.sequences[:, length:].cpu()
+        return [self._token_output(request, generated[row], logits[row], len(batch)) for row, request in enumerate(batch)]
+
+    def _token_output(self, request: PreparedRequest, generated: torch.Tensor, logits: torch.Tensor, batch_size: int) -> TokenOutput:
+        """One row of a batch as verl's ``TokenOutput``: its own ``max_tokens``, cut after its first end-of-turn token."""
+        token_ids = generated[: request.max_tokens].tolist()
         for i, token in enumerate(token_ids):
             if token in self.eos_token_ids:
-                token_ids, token_log_probs = token_ids[: i + 1], token_log_probs[: i + 1]
+                token_ids = token_ids[: i + 1]
                 break
+        score_temperature = 1.0 if request.greedy else request.temperature
+        log_probs = torch.log_softmax(logits[: len(token_ids)] / score_temperature, dim=-1)
+        token_log_probs = log_probs.gather(-1, torch.tensor(token_ids, dtype=torch.long).unsqueeze(-1)).squeeze(-1).tolist()
         self.calls.append(
-            GenerationCall(request_id, len(prompt_ids), len(images or []), image_tokens, features, max_tokens, len(token_ids))
-        )
+            GenerationCall(request.request_id, len(request.prompt), request.num_images, request.image_tokens,
+                           request.image_features, request.max_tokens, len(token_ids), batch_size)
+        )  # fmt: skip
         return TokenOutput(
             token_ids=token_ids,
             log_probs=token_log_probs,

@@ -14,8 +14,9 @@ numerics give ~0; a rollout that kept older weights gives a gap from the first s
   optimizer step of the step those are the synced weights' log-probs, so when the step's update is one
   mini-batch of one epoch (``ppo_mini_batch_size >= data.train_batch_size``, ``ppo_epochs=1``) every
   token is scored before any weight changes, and ``actor/ppo_kl`` estimates KL(rollout policy || actor)
-  on the rollout's own samples: ~0 in sync, positive when the rollout is stale. It is reported as
-  ``am3/sync/bypass_kl``. With several mini-batches or epochs the later ones score updated weights, the
+  on the rollout's own samples: ~0 in sync (rounding only), and away from 0 when the rollout is stale
+  (non-negative in expectation, but a mean over the step's tokens, so its sign is noisy: read its size).
+  It is reported as ``am3/sync/bypass_kl``. With several mini-batches or epochs the later ones score updated weights, the
   figure no longer measures the sync, and none is reported (:func:`sync_check_mode` says why).
 """
 

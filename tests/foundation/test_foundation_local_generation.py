@@ -141,3 +141,72 @@ def test_image_placeholder_tokens_are_never_sampled(tiny_qwen_dir):
     params = {"temperature": 0.0, "max_tokens": 8}
     out = asyncio.run(client.generate("r", prompt_ids=prompt, sampling_params=params))
     assert image_pad not in out.token_ids and len(out.token_ids) > 0
+
+
+def _requests(client):
+    """Eight concurrent requests of a step: a group of four equal image prompts, text prompts with other settings."""
+    image_prompt = _prompt(client)["input_ids"][0].tolist()
+    hi = client.tokenizer("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    long = client.tokenizer("<|im_start|>user\nname three colours of the rainbow<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    sampled = {"temperature": 1.0, "max_tokens": 6}
+    return [
+        *[(f"group-{i}", image_prompt, sampled, IMAGES) for i in range(4)],
+        ("hi", hi, {"temperature": 0.7, "top_k": 20, "max_tokens": 5}, None),
+        ("long", long, {"temperature": 1.0, "top_p": 0.9, "max_tokens": 8}, None),
+        ("greedy", long, {"temperature": 0.0, "max_tokens": 4}, None),
+        ("short", hi, sampled | {"max_tokens": 2}, None),
+    ]
+
+
+def _serve(client, requests, concurrently: bool):
+    async def one(name, prompt, params, images):
+        return name, await client.generate(name, prompt_ids=prompt, sampling_params=params, image_data=images)
+
+    async def together():
+        return await asyncio.gather(*(one(*r) for r in requests))
+
+    outputs = asyncio.run(together()) if concurrently else [asyncio.run(one(*r)) for r in requests]
+    return dict(outputs)
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next"])
+def test_concurrent_requests_share_a_batch_and_sample_what_they_would_alone(tiny_models_dir, name):
+    """Eight concurrent requests against the same eight one at a time, on the random tiny model (every token ~1e-5
+    likely: the hardest case for a draw to survive the rounding differences a padded batch brings)."""
+    alone_client = load_local_client(str(tiny_models_dir / name), seed=5)
+    requests = _requests(alone_client)
+    alone = _serve(alone_client, requests, concurrently=False)
+    assert {call.batch_size for call in alone_client.calls} == {1}
+
+    batched_client = load_local_client(str(tiny_models_dir / name), seed=5)
+    batched = _serve(batched_client, requests, concurrently=True)
+    sizes = [call.batch_size for call in batched_client.calls]
+    assert max(sizes) >= 4 and len(sizes) == len(requests), sizes  # text and image requests batch apart
+    group = [f"group-{i}" for i in range(4)]
+    # equal requests are interchangeable (module docstring); every other request gets exactly its own sample
+    assert sorted(batched[g].token_ids for g in group) == sorted(alone[g].token_ids for g in group)
+    assert len({tuple(alone[g].token_ids) for g in group}) > 1
+    for key in ("hi", "long", "greedy", "short"):
+        assert batched[key].token_ids == alone[key].token_ids, key
+        assert batched[key].log_probs == pytest.approx(alone[key].log_probs, abs=1e-4), key
+    assert len(batched["short"].token_ids) <= 2 and len(batched["long"].token_ids) <= 8
+
+
+def test_batches_are_capped_and_a_failed_batch_fails_each_of_its_requests(tiny_qwen_dir):
+    client = load_local_client(str(tiny_qwen_dir), seed=5, max_batch_size=2)
+    requests = [r for r in _requests(client) if r[3] is None]
+    _serve(client, requests, concurrently=True)
+    assert max(call.batch_size for call in client.calls) == 2
+
+    def fail(module, args, output):
+        raise RuntimeError("device lost")
+
+    client.model.lm_head.register_forward_hook(fail)
+
+    async def together():
+        return await asyncio.gather(
+            *(client.generate(n, prompt_ids=p, sampling_params=s) for n, p, s, _ in requests), return_exceptions=True
+        )
+
+    errors = asyncio.run(asyncio.wait_for(together(), timeout=60))
+    assert len(errors) == len(requests) and all(isinstance(e, RuntimeError) and "device lost" in str(e) for e in errors)
