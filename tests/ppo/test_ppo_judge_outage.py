@@ -3,7 +3,8 @@
 One chain of real runs on one checkpoint folder (the tiny CPU recipe, the ``openai`` judge backend
 against a loopback judge on 127.0.0.1 whose faults the test switches between runs):
 
-1. **killed while saving**: the driver gets SIGKILL as soon as step 2's checkpoint folder appears;
+1. **killed while saving**: the process writing checkpoints (verl's ``TaskRunner`` actor) and the driver get
+   SIGKILL as soon as step 2's checkpoint folder appears;
 2. **judge down**: the rerun (``resume_mode=auto``) resumes from a complete checkpoint, never the partial
    one; the judge answers the startup probe, then HTTP 500 to everything: after 2 failed steps the run
    saves a checkpoint and stops with an error naming the judge, the failure kinds and that checkpoint;
@@ -13,12 +14,15 @@ against a loopback judge on 127.0.0.1 whose faults the test switches between run
 And a wrong API key stops the run at the startup probe, before any rollout.
 """
 
+import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,17 +60,55 @@ def briefly_down(calls: int):
     return schedule
 
 
-def kill_when_saving(folder):
-    """A watcher that SIGKILLs the driver the moment ``folder`` (a checkpoint being written) appears."""
+def task_runner_pid(log: str) -> int | None:
+    """The pid of the run's ``TaskRunner``, the Ray actor that drives training and writes checkpoints."""
+    found = re.search(r"\(TaskRunnerV1 pid=(\d+)\)", log)
+    return int(found.group(1)) if found else None
+
+
+def kill_when_saving(folder, log_path):
+    """A watcher that SIGKILLs the process writing checkpoints (the ``TaskRunner``) and the driver the moment
+    ``folder`` (a checkpoint being written) appears: the save is cut short, as when a node dies mid-save."""
 
     def watch(process):
         while process.poll() is None:
             if folder.is_dir():
+                saver = task_runner_pid(log_path.read_text(errors="replace"))
+                if saver is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(saver, signal.SIGKILL)
                 os.kill(process.pid, signal.SIGKILL)
                 return
             time.sleep(0.005)
 
     return watch
+
+
+def wait_for_the_saver_to_die(log: str, timeout_s: float = 60.0) -> None:
+    """Wait until the killed run's ``TaskRunner`` (the Ray actor that writes checkpoints, a process of its own)
+    has exited; SIGKILL it if Ray has not reaped it by ``timeout_s``.
+
+    Killing the driver does not stop that actor at once: it can still finish the save it was in, so the
+    checkpoint folder is only final once the actor is gone.
+    """
+    pid = task_runner_pid(log)
+    assert pid is not None, "the killed run's log names no TaskRunner process"
+
+    def alive() -> bool:  # a zombie (exited, not yet reaped) counts as gone
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + timeout_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    while alive():
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +128,14 @@ def chain(tmp_path_factory, rl_data_dir, tiny_qwen_dir, outage_judge):
                                checkpoints=checkpoints, watch=watch)  # fmt: skip
 
     killed = run("killed", "trainer.total_training_steps=4", "trainer.save_freq=1",
-                 watch=kill_when_saving(checkpoints / "global_step_2" / "actor"))  # fmt: skip
+                 watch=kill_when_saving(checkpoints / "global_step_2" / "actor", root / "killed" / "main_ppo.log"))  # fmt: skip
+    wait_for_the_saver_to_die(killed.log)
     after_kill = {path.name: incompleteness(path) for path in checkpoints.glob("global_step_*")}
     resumed_step = 2 if after_kill.get("global_step_2") is None else 1
 
     outage_judge.set_faults(FaultPlan(schedule=judge_down_after_the_probe))
     down = run("down", "trainer.total_training_steps=8", "trainer.save_freq=-1")
+    resumed_from = re.search(r"Resuming from \S*global_step_(\d+), setting global step", down.log)
     stop_step = resumed_step + 2
 
     outage_judge.set_faults(FaultPlan(schedule=briefly_down(BRIEF_OUTAGE_CALLS)))
@@ -100,6 +144,7 @@ def chain(tmp_path_factory, rl_data_dir, tiny_qwen_dir, outage_judge):
     served = outage_judge.stats()
     return {
         "killed": killed, "after_kill": after_kill, "resumed_step": resumed_step, "down": down, "stop_step": stop_step,
+        "down_resumed_from": int(resumed_from.group(1)) if resumed_from else None,
         "back": back, "back_faults": served.faults["http_500"] - before.faults["http_500"],
         "judge_url": outage_judge.base_url, "checkpoints": checkpoints,
     }  # fmt: skip
@@ -109,13 +154,14 @@ def test_a_driver_killed_while_saving_leaves_no_checkpoint_that_looks_complete(c
     assert chain["killed"].returncode == -signal.SIGKILL, chain["killed"].log[-3000:]
     assert 1 in chain["killed"].metrics and 2 not in chain["killed"].metrics
     assert chain["after_kill"]["global_step_1"] is None  # step 1's save finished and is marked complete
-    # step 2's folder is either unmarked (the usual case) or was completed and marked before the kill landed
-    print("step 2 after the kill:", chain["after_kill"].get("global_step_2") or "complete")
+    # step 2's save was cut short: its folder holds the actor's files but is not marked complete
+    assert "no am3_complete.json" in (chain["after_kill"].get("global_step_2") or "complete"), chain["after_kill"]
 
 
 def test_the_rerun_resumes_from_a_complete_checkpoint_and_stops_when_the_judge_is_gone(chain):
     down, resumed, stop = chain["down"], chain["resumed_step"], chain["stop_step"]
     assert down.returncode != 0
+    assert chain["down_resumed_from"] == resumed  # the newest complete checkpoint once the killed run was gone
     assert sorted(down.metrics) == [resumed + 1]  # resumed; the second failed step raised before it was logged
     assert down.metrics[resumed + 1]["am3/judge_failure_rate"] > 0.5
     assert down.metrics[resumed + 1]["am3/judge_failed_attempts/http_5xx"] > 0
