@@ -30,8 +30,9 @@ any update too (the hf rollout and verl's actor differ by ~1e-4 nats per token o
 # 3 steps (3 seeds): reward +0.29 to +0.41, harmless +0.14 to +0.16, ASR 0.06 to 0.17, helpful +0.17 to +0.18, over-refusal
 # 0.05 to 0.16. Over-refusal of a single seed after a few steps is that noisy (the experiment's +0.10
 # target is for the mean over seeds after 6 steps), so here it only guards against a collapse into
-# refusing everything, together with helpfulness, which such a collapse would drive down. The run is
-# reproducible (order-independent sampling seeds), so a failure reruns the same way.
+# refusing everything, together with helpfulness, which such a collapse would drive down. The run is not
+# reproducible from run to run yet (README, "Does it learn?"): over-refusal after 3 steps was 0.07, 0.23, 0.05
+# and 0.00 in four runs of this configuration.
 
 
 @pytest.fixture(scope="module")
