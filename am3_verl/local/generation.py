@@ -235,6 +235,7 @@ class LocalGenerationClient:
     async def _run_batches(self) -> None:
         """Serve waiting requests in batches until none is left (one caller at a time runs this)."""
         self._batch_running = True
+        batch: list[PreparedRequest] = []
         try:
             while self._pending:
                 # Requests still being prepared (image processing, in threads) join this batch when it has room.
@@ -251,7 +252,7 @@ class LocalGenerationClient:
                     request.future.set_result(output)
         finally:
             self._batch_running = False
-            for request in self._pending:  # the runner was cancelled: fail the rest rather than leave them waiting
+            for request in [*batch, *self._pending]:  # the runner was cancelled: fail the rest rather than leave them waiting
                 if not request.future.done():
                     request.future.set_exception(RuntimeError("generation stopped before this request was served"))
             self._pending.clear()
@@ -369,20 +370,27 @@ class LocalGenerationClient:
                 output_logits=True,
                 return_dict_in_generate=True,
             )
-        logits = torch.stack(output.logits, dim=1).float().cpu()
-        generated = output.sequences[:, length:].cpu()
-        return [self._token_output(request, generated[row], logits[row], len(batch)) for row, request in enumerate(batch)]
+        generated = output.sequences[:, length:]
+        # Each step's log-prob of the chosen token, step by step: the full [batch, steps, vocab] logits are never stacked.
+        temperatures = torch.tensor([1.0 if r.greedy else r.temperature for r in batch], device=generated.device).unsqueeze(-1)
+        chosen_log_probs = torch.stack(
+            [
+                torch.log_softmax(step.float() / temperatures, dim=-1).gather(-1, generated[:, k : k + 1]).squeeze(-1)
+                for k, step in enumerate(output.logits)
+            ],
+            dim=1,
+        ).cpu()
+        generated = generated.cpu()
+        return [self._token_output(request, generated[row], chosen_log_probs[row], len(batch)) for row, request in enumerate(batch)]
 
-    def _token_output(self, request: PreparedRequest, generated: torch.Tensor, logits: torch.Tensor, batch_size: int) -> TokenOutput:
+    def _token_output(self, request: PreparedRequest, generated: torch.Tensor, log_probs: torch.Tensor, batch_size: int) -> TokenOutput:
         """One row of a batch as verl's ``TokenOutput``: its own ``max_tokens``, cut after its first end-of-turn token."""
         token_ids = generated[: request.max_tokens].tolist()
         for i, token in enumerate(token_ids):
             if token in self.eos_token_ids:
                 token_ids = token_ids[: i + 1]
                 break
-        score_temperature = 1.0 if request.greedy else request.temperature
-        log_probs = torch.log_softmax(logits[: len(token_ids)] / score_temperature, dim=-1)
-        token_log_probs = log_probs.gather(-1, torch.tensor(token_ids, dtype=torch.long).unsqueeze(-1)).squeeze(-1).tolist()
+        token_log_probs = log_probs[: len(token_ids)].tolist()
         self.calls.append(
             GenerationCall(request.request_id, len(request.prompt), request.num_images, request.image_tokens,
                            request.image_features, request.max_tokens, len(token_ids), batch_size)
