@@ -10,7 +10,7 @@ VLLM_VENV  := .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.am3-setup-stamp
 
-.PHONY: setup setup-vllm lint test test-fast test-vllm bench demo miniature clean-venv
+.PHONY: setup setup-vllm lint test test-fast test-vllm bench demo demo-smoke miniature clean-venv
 
 setup: $(STAMP) $(VLLM_STAMP)
 
@@ -57,8 +57,13 @@ test-fast: $(STAMP)
 bench: setup
 	for b in tests/benchmarks/bench_*.py; do AM3_TINY_MODELS=$(MODELS) $(PY) $$b || exit 1; done
 
+# The method learning in minutes: one seed of the miniature (README "CPU runs and the demo").
 demo: $(STAMP)
-	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --output_dir outputs/demo --judge heuristic
+	$(PY) -m am3_verl.demo --output_dir outputs/demo
+
+# A smoke run of every pipeline stage on the bundled sample with the offline keyword judge (no learning shown).
+demo-smoke: $(STAMP)
+	AM3_TINY_MODELS=$(MODELS) $(PY) -m am3_verl.demo --smoke --output_dir outputs/demo-smoke --judge heuristic
 
 # The paper's experiment in miniature (3 seeds x am3_grpo, grpo, min_mean); see README "Does it learn?".
 miniature: $(STAMP)

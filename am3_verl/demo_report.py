@@ -1,4 +1,4 @@
-"""The CPU demo's one-page report: AM3 GRPO training curves and the SFT-vs-GRPO evaluation table.
+"""The smoke run's one-page report (``python -m am3_verl.demo --smoke``): AM3 GRPO training curves and the SFT-vs-GRPO evaluation table.
 
 :func:`write_demo_report` reads verl's file-logger metrics of the ``main_ppo`` run (one JSON object per
 step) and the ``metrics.json`` of two evaluation results folders (``python -m am3_verl.eval run``), and
@@ -119,11 +119,11 @@ def write_demo_report(path: Path, training_metrics: Path, before_dir: Path, afte
         f'<p class="banner">{html.escape(HEURISTIC_BANNER)}</p>' if judge == "heuristic" else f"<p>Judge: {html.escape(judge_line)}.</p>"
     )
     last = steps[max(steps)]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>am3-verl CPU demo</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>am3-verl pipeline smoke run</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}.banner{{background:#fff3cd;border:2px solid #bf8700;padding:.8em;font-weight:bold}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}</style></head><body>
 {banner}
-<h1>am3-verl CPU demo: cold-start SFT, then AM3 GRPO with verl's main_ppo</h1>
+<h1>am3-verl pipeline smoke run (not a demonstration of learning): cold-start SFT, then AM3 GRPO with verl's main_ppo</h1>
 <p>{len(steps)} GRPO steps of the tiny Qwen2.5-VL (random initial weights) on the bundled sample. Rollout and actor
 log-probs agreed to {last.get("am3/sync/logprob_abs_diff/max", float("nan")):.1e} at the last step (weights synced every step).</p>
 <h2>Training curves (per step)</h2><img alt="training curves" src="{_curves_png(steps)}" style="max-width:100%">

@@ -215,6 +215,8 @@ def run(cfg: MiniatureConfig) -> dict:
     if unknown:
         raise ValueError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATOR_OVERRIDES)}")
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "report.html", "curves.png"):  # an earlier run's outputs must not outlive a failed rerun
+        (cfg.output_dir / name).unlink(missing_ok=True)
     clock = StageClock()
     start = time.perf_counter()
     records: list[dict] = []
