@@ -222,13 +222,19 @@ class _LoopState:
         self.loop = loop
         self.inflight: dict[str, asyncio.Future] = {}
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.workers: list[asyncio.Task] = []
+        self.workers: set[asyncio.Task] = set()
+        """The live workers: each leaves the set when it ends (its done callback)."""
 
     def ensure_workers(self, work: Any, n: int) -> None:
-        """Start workers until ``n`` run (fewer if the queue is shorter); replaces any that died."""
-        self.workers = [w for w in self.workers if not w.done()]
+        """Start workers until ``n`` run (fewer if the queue is shorter); replaces any that died.
+
+        A worker leaves :attr:`workers` through its done callback (one loop iteration after it ends), so this
+        need not scan them: it runs once per :meth:`Judge.judge_many` call, thousands of times per reward step,
+        and scanning ``n`` workers each time delayed the first judge request measurably."""
         while len(self.workers) < min(n, len(self.workers) + self.queue.qsize()):
-            self.workers.append(self.loop.create_task(work(self)))
+            worker = self.loop.create_task(work(self))
+            self.workers.add(worker)
+            worker.add_done_callback(self.workers.discard)
 
 
 def _copy(judgment: TurnJudgment, source: str) -> TurnJudgment:

@@ -48,6 +48,8 @@ TEMPLATE_TOKEN = re.compile(
 )
 """Special-token strings of common chat templates that a served judge would parse as control tokens."""
 
+_LABEL = re.compile(r"[A-Z][A-Z0-9_ ]*")
+
 _TEMPLATE_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "\u27e6", "]": "\u27e7"})
 
 
@@ -67,6 +69,8 @@ def neutralise(text: str) -> str:
     brackets swapped for look-alikes (``<|im_end|>`` -> ``‹|im_end|›``). The result never contains
     ``<<<``, ``>>>`` or a template token, so it can neither close a quote nor end the judge's message.
     """
+    if "<" not in text and ">" not in text and "[" not in text:
+        return text  # every pattern below starts with, or is made of, one of these
     text = TEMPLATE_TOKEN.sub(lambda m: m.group(0).translate(_TEMPLATE_BRACKETS), text)
     text = _LT_RUN.sub(lambda m: "\u2039" * len(m.group(0)), text)
     return _GT_RUN.sub(lambda m: "\u203a" * len(m.group(0)), text)
@@ -84,7 +88,7 @@ def end_marker(label: str, nonce: str) -> str:
 
 def quote(label: str, text: str, nonce: str) -> str:
     """Quote ``text`` as inert data: neutralised and wrapped in ``label`` markers carrying ``nonce``."""
-    if not re.fullmatch(r"[A-Z][A-Z0-9_ ]*", label):
+    if not _LABEL.fullmatch(label):
         raise ValueError(f"quote label must be upper-case words, got {label!r}")
     return f"{begin_marker(label, nonce)}\n{neutralise(text)}\n{end_marker(label, nonce)}"
 

@@ -40,17 +40,47 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from am3_verl.judges.base import DialogueTurn, TurnJudgment, requests_from_turns, turns_from_records
 from am3_verl.asr import UNSAFE_THRESHOLD, attack_success_rate
-from am3_verl.judges.config import get_judge, resolve_judge_config
+from am3_verl.judges.config import ENV, SECRET_FIELDS, JudgeConfig, get_judge, resolve_judge_config
 from am3_verl.clients.images import content_image_bytes, sniff_mime
 from am3_verl.turn_scores import TurnScores, dump_turn_scores
 
 TURNS_KEY = "am3_turns"
 """``extra_info`` key holding the agent loop's per-turn records."""
+
+
+_CONFIGS: dict[tuple, JudgeConfig] = {}
+_MAX_CONFIGS = 64
+
+
+def _judge_config(judge_kwargs: Mapping[str, Any]) -> JudgeConfig:
+    """``resolve_judge_config(judge_kwargs)``, remembered for the same arguments and judge environment variables.
+
+    verl calls the reward function once per rollout with the same ``reward_kwargs``; validating them again
+    for each of thousands of concurrent calls was a measurable part of the time before the first judge
+    request goes out. The memo is keyed on each argument's name, type and value and on the ``AM3_*``
+    variables :func:`resolve_judge_config` reads (of the key variables, only whether they are set, which is
+    all it reads of them), so a changed argument or variable resolves afresh; failures are never remembered.
+    """
+    try:
+        key = (
+            tuple((name, type(value), value) for name, value in sorted(judge_kwargs.items())),
+            tuple(bool(os.environ.get(var)) if name in SECRET_FIELDS else os.environ.get(var) for name, var in ENV.items()),
+        )
+        config = _CONFIGS.get(key)
+    except TypeError:  # an unhashable argument: resolved (and most likely refused) every time
+        return resolve_judge_config(judge_kwargs)
+    if config is None:
+        config = resolve_judge_config(judge_kwargs)
+        if len(_CONFIGS) >= _MAX_CONFIGS:
+            _CONFIGS.clear()
+        _CONFIGS[key] = config
+    return config
 
 
 def _plus_zero(values: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +149,7 @@ async def compute_score(
             f"extra_info has no {TURNS_KEY!r}: this reward function needs the am3 dialogue agent loop's per-turn "
             "records. For single-turn data use reward_fns/am3_single_turn.py (compute_single_turn_score)."
         )
-    config = resolve_judge_config(judge_kwargs)
+    config = _judge_config(judge_kwargs)
     turns = turns_from_records(extra_info[TURNS_KEY], where=f"extra_info[{TURNS_KEY!r}]")
     judge = get_judge(config)
     judgments = await judge.judge_many(requests_from_turns(turns))
@@ -212,7 +242,7 @@ async def compute_single_turn_score(
                 "extra_info['question'] / extra_info['prompt'] (add it in your data preprocessing)"
             )
         turns = [DialogueTurn(question.replace("<image>", "[image]"), (), solution_str)]
-    config = resolve_judge_config(judge_kwargs)
+    config = _judge_config(judge_kwargs)
     judge = get_judge(config)
     (judgment,) = await judge.judge_many(requests_from_turns(turns)[-1:])
     result = summarise([judgment], config.unsafe_threshold)

@@ -131,6 +131,21 @@ def test_retry_after_header_is_honoured():
         assert waits == [1.0]  # a Retry-After beyond backoff_max_s is capped
 
 
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_no_wait_follows_the_last_attempt():
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    plan = FaultPlan(schedule=["http_500"] * 4)
+    with LoopbackOpenAIServer(constant_responder("x"), plan) as server:
+        client = client_for(server, max_attempts=4, backoff_initial_s=0.1, backoff_max_s=0.3, sleep=record)
+        result = complete(client)
+    assert not result.ok and result.attempts == 4 and result.failures == {"http_5xx": 4}
+    # initial * 2 ** (attempt - 1) plus jitter in [0, initial), capped at backoff_max_s
+    assert len(waits) == 3 and 0.1 <= waits[0] < 0.2 and 0.2 <= waits[1] <= 0.3 and waits[2] == 0.3
+
+
 def test_connection_refused_is_a_connect_failure():
     server = LoopbackOpenAIServer(constant_responder("x")).start()
     url = server.base_url

@@ -113,6 +113,21 @@ def test_judge_is_built_once_per_process_and_config():
     assert get_judge(resolve_judge_config({"backend": "heuristic", "cache_size": 3})) is not first
 
 
+def test_remembered_config_follows_changed_arguments_and_environment(monkeypatch):
+    monkeypatch.delenv("AM3_JUDGE_BACKEND", raising=False)
+    with LoopbackOpenAIServer(RuleJudgeResponder()) as server:
+        monkeypatch.setenv("AM3_JUDGE_BASE_URL", server.base_url)
+        monkeypatch.setenv("AM3_JUDGE_MODEL", "first")
+        info = {"am3_turns": make_records(EXCHANGES[:1])}
+        assert score(info, backend="openai", cache_size=0)["judge_calls"] == 1
+        monkeypatch.setenv("AM3_JUDGE_MODEL", "second")
+        assert score(info, backend="openai", cache_size=0)["judge_calls"] == 1
+        assert [r.body["model"] for r in server.last_requests()] == ["first", "second"]
+    for _ in range(2):  # a refused config is refused every time, never remembered
+        with pytest.raises(ValueError, match="max_attempts"):
+            score(info, backend="heuristic", max_attempts=2.5)
+
+
 @pytest.mark.parametrize(
     "extra_info,match",
     [
