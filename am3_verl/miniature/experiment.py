@@ -62,12 +62,14 @@ class MiniatureConfig:
     estimators: tuple[str, ...] = ("am3_grpo", "grpo", "min_mean")
     steps: int = 6
     """GRPO steps per run."""
-    prompts: int = 4
-    """Dialogues per GRPO step."""
+    prompts: int = 8
+    """Dialogues per GRPO step. With 4, a step's update followed whichever dialogues it drew (seed 7's first two
+    steps drew no harmful one) and the outcome swung by seed: refusal collapse at 3e-4, no learning at 1.5e-4."""
     rollouts: int = 8
     """Rollouts per dialogue (the GRPO group; the paper's 8)."""
-    lr: float = 3e-4
-    """GRPO learning rate (1e-3 collapses the policy onto one word of the refusal)."""
+    lr: float = 1.5e-4
+    """GRPO learning rate. At 8 dialogues a step, 3e-4 and 2e-4 collapsed some seeds into over-refusal (seed 4:
+    +0.25; seed 7 at 2e-4: +0.17); 1e-3 collapses the policy onto one word of the refusal."""
     sft_steps: int = 150
     sft_batch_size: int = 16
     sft_lr: float = 3e-3

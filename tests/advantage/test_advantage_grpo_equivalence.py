@@ -1,8 +1,8 @@
 """Where ``am3_grpo`` (the ``paper`` variant) and plain ``grpo`` coincide, and where they must differ (docs/method.md,
 "When am3_grpo equals grpo"), on rollouts recorded from a miniature run.
 
-``data/miniature_rollouts/am3_turn_scores/<step>.jsonl`` is the per-turn score dump of the ``am3_grpo`` run of
-``tests/miniature/test_miniature_learns.py`` (seed 0, 3 steps of 4 dialogues x 8 rollouts), read with the
+``data/miniature_rollouts/am3_turn_scores/<step>.jsonl`` is the per-turn score dump of an ``am3_grpo`` run of the
+miniature (seed 0, 100 SFT steps, 3 GRPO steps of 4 dialogues x 8 rollouts), read with the
 product's own reader. Both estimators run through verl's registry on the same token-reward rows, written with
 the product's encoder.
 """
