@@ -45,10 +45,10 @@ def demo_summary(results: dict[str, Any]) -> dict[str, Any]:
     over-refusal up by at most 0.10). Raises ``ValueError`` unless the results hold exactly one
     ``am3_grpo`` run.
     """
-    runs = [r for r in results["runs"] if r["estimator"] == ESTIMATOR]
-    if len(runs) != 1 or len(results["runs"]) != 1:
-        raise ValueError(f"the demo's results must hold exactly one {ESTIMATOR} run, found {len(results['runs'])} run(s)")
-    run = runs[0]
+    estimators = [r["estimator"] for r in results["runs"]]
+    if estimators != [ESTIMATOR]:
+        raise ValueError(f"the demo's results must hold exactly one {ESTIMATOR} run, found {estimators}")
+    run = results["runs"][0]
     before, after = run["before"], run["after"]
     summary = {
         "seed": run["seed"],
