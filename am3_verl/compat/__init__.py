@@ -5,7 +5,8 @@ in verl, the am3-verl module that makes it and the upstream hook that would remo
 (called first by the plugin) checks the installed verl: on another release it raises
 :class:`UnsupportedVerlVersion` listing every reach, instead of patching code it was not written for.
 
-Modules: :mod:`.cpu` (CPU platform: process groups, FSDP engines, offload), :mod:`.rollout` (rollout
+Modules: :mod:`.cpu` (CPU platform: process groups, FSDP engines, offload), :mod:`.loss_positions_head`
+(the CPU language-model engine's output head at the loss's positions only), :mod:`.rollout` (rollout
 adapter registry), :mod:`.qwen2_vl` (a verl bug), :mod:`.processors` (``hf_processor`` and the
 LLaVA-NeXT image processor), :mod:`.continuous_token` (the LLaVA-NeXT token builder), :mod:`.trainer`
 (per-step metrics and trainer modes), :mod:`.vllm_plugin` and :mod:`.vllm_llava_next` (vLLM's CPU linear
@@ -60,6 +61,13 @@ REACHES: tuple[Reach, ...] = (
         "workers/engine/base.py:348",
         "am3_verl.compat.cpu",
         "FSDP engines registered for the cpu device, or a public lookup by device",
+    ),
+    Reach(
+        "verl.workers.engine.fsdp.transformer_impl.FSDPEngineWithLMHead.forward_step/prepare_model_outputs (subclassed)",
+        "workers/engine/fsdp/transformer_impl.py:1145-1600 (output_args temperature/input_ids_rmpad_rolled; "
+        "workers/utils/losses.py sft_loss/ppo_loss positions)",
+        "am3_verl.compat.loss_positions_head",
+        "an engine option to run the output head only at the loss mask's positions",
     ),
     Reach(
         "verl.workers.rollout.base._ROLLOUT_REGISTRY",

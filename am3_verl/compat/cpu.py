@@ -11,6 +11,9 @@ from typing import Any
 
 from am3_verl.compat.marks import MARK
 
+FULL_LM_HEAD_ENV = "AM3_CPU_FULL_LM_HEAD"
+"""``1``: the CPU platform registers verl's own language-model engine (the head at every position)."""
+
 
 def _gloo_process_group(timeout: timedelta | None, rank: int | None = None, world_size: int | None = None) -> None:
     import torch.distributed
@@ -79,7 +82,11 @@ def unpinned_cpu_offload() -> None:
 
 
 def register_fsdp_engines_for_cpu(device: str = "cpu") -> None:
-    """Register verl's FSDP engines (language and value model, ``fsdp``/``fsdp2``) for ``device`` (idempotent).
+    """Register the FSDP engines (language and value model, ``fsdp``/``fsdp2``) for ``device`` (idempotent).
+
+    The language model's is :class:`~am3_verl.compat.loss_positions_head.LossPositionsLMHeadEngine` (verl's
+    engine with the output head run only where the loss reads), or verl's own ``FSDPEngineWithLMHead`` when
+    ``AM3_CPU_FULL_LM_HEAD=1`` (to compare the two). The value model's is verl's.
 
     ``EngineRegistry.register`` is public but asserts when a key is taken and verl 0.9.1 has no lookup
     that ignores the current device, so the taken keys are read from the private ``EngineRegistry._engines``.
@@ -87,7 +94,10 @@ def register_fsdp_engines_for_cpu(device: str = "cpu") -> None:
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
-    for model_type, engine_cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+    from am3_verl.compat.loss_positions_head import LossPositionsLMHeadEngine
+
+    language_engine = FSDPEngineWithLMHead if os.environ.get(FULL_LM_HEAD_ENV) == "1" else LossPositionsLMHeadEngine
+    for model_type, engine_cls in (("language_model", language_engine), ("value_model", FSDPEngineWithValueHead)):
         for backend in ("fsdp", "fsdp2"):
             if device not in EngineRegistry._engines.get(model_type, {}).get(backend, {}):
                 EngineRegistry.register(model_type=model_type, backend=backend, device=device)(engine_cls)

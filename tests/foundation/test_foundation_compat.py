@@ -17,6 +17,10 @@ PINNED_REACHES = [
     ("verl.utils.distributed.initialize_global_process_group(_ray)", "am3_verl.compat.cpu"),
     ("verl.workers.engine.fsdp.transformer_impl.CPUOffloadPolicy", "am3_verl.compat.cpu"),
     ("verl.workers.engine.base.EngineRegistry._engines (read)", "am3_verl.compat.cpu"),
+    (
+        "verl.workers.engine.fsdp.transformer_impl.FSDPEngineWithLMHead.forward_step/prepare_model_outputs (subclassed)",
+        "am3_verl.compat.loss_positions_head",
+    ),
     ("verl.workers.rollout.base._ROLLOUT_REGISTRY", "am3_verl.compat.rollout"),
     ("verl.models.transformers.qwen2_vl._get_input_embeds", "am3_verl.compat.qwen2_vl"),
     ("verl.utils.tokenizer.tokenizer.hf_processor (rebound in 8 modules)", "am3_verl.compat.processors"),

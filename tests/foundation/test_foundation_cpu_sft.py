@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from am3_verl.compat.cpu import FULL_LM_HEAD_ENV
+
 CPU_OVERRIDES = [
     "trainer.device=cpu",
     "engine.strategy=fsdp2",
@@ -54,27 +56,43 @@ def test_cpu_platform_is_not_selected_without_the_environment_variable():
     assert out.stdout.strip().splitlines()[-1] == "cpu"
 
 
-@pytest.mark.slow
-def test_verl_sft_trainer_runs_two_steps_on_cpu(tiny_qwen_dir, tmp_path):
-    data = write_multiturn_image_sft_parquet(tmp_path / "sft.parquet")
-    ckpt = tmp_path / "ckpt"
+def run_sft_trainer(data: Path, model: Path, ckpt: Path, cwd: Path, save_freq: int, extra_env=None) -> str:
+    """verl's SFT trainer for 2 steps on the CPU platform (torchrun, one process); returns its log."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1",
         "-m", "verl.trainer.sft_trainer",
         f"data.train_files={data}", "data.val_files=null", "data.train_batch_size=4",
         "data.micro_batch_size_per_gpu=2", "data.max_length=512", "data.use_dynamic_bsz=False", "data.num_workers=0",
-        f"model.path={tiny_qwen_dir}", "optim.lr=1e-3",
-        "trainer.total_training_steps=2", "trainer.save_freq=2", "trainer.logger=[console]",
+        f"model.path={model}", "optim.lr=1e-3",
+        "trainer.total_training_steps=2", f"trainer.save_freq={save_freq}", "trainer.logger=[console]",
         f"trainer.default_local_dir={ckpt}", "trainer.resume_mode=disable",
         *CPU_OVERRIDES,
     ]  # fmt: skip
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "2"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "2", **(extra_env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    losses = [float(x) for x in re.findall(r"train/loss:([0-9.]+)", log)]
+    return log
+
+
+def step_figures(log: str, name: str) -> list[float]:
+    return [float(x) for x in re.findall(rf"train/{name}:([0-9.e+-]+)", log)]
+
+
+@pytest.mark.slow
+def test_verl_sft_trainer_runs_two_steps_on_cpu_with_the_head_only_where_the_loss_reads(tiny_qwen_dir, tmp_path):
+    """The CPU engine (output head at the loss's positions) trains as verl's own engine (head everywhere) does."""
+    data = write_multiturn_image_sft_parquet(tmp_path / "sft.parquet")
+    ckpt = tmp_path / "ckpt"
+    log = run_sft_trainer(data, tiny_qwen_dir, ckpt, tmp_path, save_freq=2)
+    losses = step_figures(log, "loss")
     assert len(losses) == 2, log[-4000:]
     assert losses[0] != losses[1]
     step_dir = ckpt / "global_step_2"
     assert (step_dir / "model_world_size_1_rank_0.pt").stat().st_size > 1_000_000
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+    full_head = run_sft_trainer(data, tiny_qwen_dir, tmp_path / "ckpt-full", tmp_path, save_freq=-1,
+                                extra_env={FULL_LM_HEAD_ENV: "1"})  # fmt: skip
+    assert step_figures(full_head, "loss") == pytest.approx(losses, rel=1e-5)
+    assert step_figures(full_head, "grad_norm") == pytest.approx(step_figures(log, "grad_norm"), rel=1e-5)
