@@ -4,7 +4,7 @@ Real parts throughout: verl's V1 sync trainer and FSDP2 engine (am3-verl's CPU p
 rollout backend with verl's naive weight sync, the ``am3_dialogue`` agent loop replaying dialogues
 whose later turns carry images, the multi-turn reward function with the ``openai`` judge backend
 against a loopback OpenAI-compatible judge on 127.0.0.1, ``am3_grpo``, the ``am3_sync`` metrics, KL
-loss against the reference model, validation and checkpoints. Nothing is mocked (there is no vLLM here:
+loss against the reference model, validation and checkpoints, verl's TensorBoard tracker. Nothing is mocked (there is no vLLM here:
 the ``hf`` backend is the product's CPU rollout backend, not a stand-in).
 """
 
@@ -13,6 +13,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from am3_verl.training.weight_sync import BYPASS_KL
 from ppo_helpers import AM3_STEP_KEYS, HF_BYPASS_KL_TOLERANCE, HF_SYNC_TOLERANCE, REPO, run_tiny_recipe
@@ -28,7 +29,7 @@ def am3_run(tmp_path_factory, rl_data_dir, tiny_qwen_dir, judge_env, loopback_ju
         workdir, rl_data_dir, tiny_qwen_dir,
         "trainer.total_training_steps=2", "trainer.save_freq=1", "trainer.test_freq=2",
         f"trainer.rollout_data_dir={workdir / 'rollouts'}",
-        env=judge_env,
+        env={**judge_env, "AM3_LOGGER": "console,file,tensorboard", "TENSORBOARD_DIR": str(workdir / "tensorboard")},
     )  # fmt: skip
     run.judge_requests = loopback_judge.stats().served - before
     return run.check()
@@ -129,3 +130,32 @@ def test_drop_in_single_turn_reward_with_plain_grpo_on_text_only_rows(tmp_path, 
     assert metrics["actor/grad_norm"] > 0
     assert not any(key.startswith("am3/") for key in metrics)
     assert metrics["critic/score/max"] > metrics["critic/score/min"]  # the judge's spread scores reached GRPO
+
+
+TENSORBOARD_SCALARS = {"am3/harmless/mean", "am3/helpful/mean", "am3/reward/mean", "am3/asr", "am3/alpha/turn_1/mean",
+                       "am3/judge_failure_rate"}  # fmt: skip
+
+
+def tensorboard_tags(folder) -> tuple[dict[str, list], set[str]]:
+    """Scalar tag -> [(step, value)] and text tags over every event file verl's writers left in ``folder``."""
+    scalars: dict[str, list] = {}
+    texts: set[str] = set()
+    for event_file in sorted(folder.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        texts.update(acc.Tags()["tensors"])
+    return scalars, texts
+
+
+def test_am3_scalars_and_validation_replies_reach_tensorboard(am3_run):
+    """``AM3_LOGGER=console,file,tensorboard``: verl's own TensorBoard tracker (offline, a local event file) gets the
+    ``am3/*`` step scalars, the same numbers verl's file logger wrote, and (``trainer.log_val_generations``) the
+    validation replies as text."""
+    assert "trainer.logger=[console,file,tensorboard] (from AM3_LOGGER)" in am3_run.log
+    scalars, texts = tensorboard_tags(am3_run.checkpoints.parent / "tensorboard")  # the run folder
+    assert TENSORBOARD_SCALARS <= set(scalars), TENSORBOARD_SCALARS - set(scalars)
+    for tag in TENSORBOARD_SCALARS:
+        assert scalars[tag] == [(step, pytest.approx(am3_run.metrics[step][tag], rel=1e-6, abs=1e-7)) for step in (1, 2)]
+    assert any(tag.startswith("val/generations") for tag in texts), texts
