@@ -32,6 +32,8 @@ from verl.workers.utils.losses import ppo_loss, sft_loss
 OTHER_OUTPUTS = ("calculate_entropy", "calculate_sum_pi_squared", "distillation_use_topk", "distillation_only",
                  "use_fused_kernels", "return_model_output")  # fmt: skip
 """Micro-batch flags under which verl's full-head path runs (they need logits or outputs at every position)."""
+ANNOUNCEMENT = "am3-verl CPU engine: the output head runs at the loss's positions only"
+"""The start of the line the engine prints at its first training micro-batch."""
 
 
 def loss_positions(micro_batch, loss_function) -> torch.Tensor | None:
@@ -70,6 +72,7 @@ class LossPositionsLMHeadEngine(FSDPEngineWithLMHead):
 
     _head_positions: torch.Tensor | None = None
     """While a training micro-batch runs: the packed-token mask of :func:`loss_positions`."""
+    _announced = False
 
     def forward_step(self, micro_batch, loss_function, forward_only):
         """verl's ``forward_step``; for training micro-batches of ``ppo_loss``/``sft_loss``, with the head at the
@@ -77,6 +80,10 @@ class LossPositionsLMHeadEngine(FSDPEngineWithLMHead):
         needed = None if forward_only else loss_positions(micro_batch, loss_function)
         if needed is None:
             return super().forward_step(micro_batch, loss_function, forward_only)
+        if not self._announced:  # once per engine: which engine trains, and what it skips
+            self._announced = True
+            print(f"{ANNOUNCEMENT}: {int(needed.sum())} of {needed.shape[0]} positions in the first training micro-batch "
+                  f"(AM3_CPU_FULL_LM_HEAD=1 runs verl's engine instead)", flush=True)  # fmt: skip
         with self._head_at(micro_batch, needed):
             return super().forward_step(micro_batch, loss_function, forward_only)
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from am3_verl.compat.cpu import FULL_LM_HEAD_ENV
+from am3_verl.compat.loss_positions_head import ANNOUNCEMENT
 
 CPU_OVERRIDES = [
     "trainer.device=cpu",
@@ -94,5 +95,6 @@ def test_verl_sft_trainer_runs_two_steps_on_cpu_with_the_head_only_where_the_los
 
     full_head = run_sft_trainer(data, tiny_qwen_dir, tmp_path / "ckpt-full", tmp_path, save_freq=-1,
                                 extra_env={FULL_LM_HEAD_ENV: "1"})  # fmt: skip
+    assert ANNOUNCEMENT in log and ANNOUNCEMENT not in full_head  # each run trained with the engine it names
     assert step_figures(full_head, "loss") == pytest.approx(losses, rel=1e-5)
     assert step_figures(full_head, "grad_norm") == pytest.approx(step_figures(log, "grad_norm"), rel=1e-5)
