@@ -28,6 +28,9 @@ from verl.utils.dataset.dataset_utils import DatasetPadMode
 from verl.utils.torch_functional import logprobs_from_logits
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.losses import ppo_loss, sft_loss
+from verl.workers.utils.padding import build_attention_mask_from_nested
+
+from am3_verl.compat.cpu import FULL_LM_HEAD_ENV
 
 OTHER_OUTPUTS = ("calculate_entropy", "calculate_sum_pi_squared", "distillation_use_topk", "distillation_only",
                  "use_fused_kernels", "return_model_output")  # fmt: skip
@@ -83,16 +86,16 @@ class LossPositionsLMHeadEngine(FSDPEngineWithLMHead):
         if not self._announced:  # once per engine: which engine trains, and what it skips
             self._announced = True
             print(f"{ANNOUNCEMENT}: {int(needed.sum())} of {needed.shape[0]} positions in the first training micro-batch "
-                  f"(AM3_CPU_FULL_LM_HEAD=1 runs verl's engine instead)", flush=True)  # fmt: skip
+                  f"({FULL_LM_HEAD_ENV}=1 runs verl's engine instead)", flush=True)  # fmt: skip
         with self._head_at(micro_batch, needed):
             return super().forward_step(micro_batch, loss_function, forward_only)
 
     @contextmanager
     def _head_at(self, micro_batch, needed: torch.Tensor):
-        lengths = micro_batch["input_ids"].offsets().diff()
-        padded = torch.arange(int(lengths.max()), device=needed.device) < lengths.unsqueeze(1)
+        # The padded (batch, position) layout of the model's inputs, as verl builds them, is that of its hidden states.
+        padded = build_attention_mask_from_nested(micro_batch["input_ids"]).bool()
         rows = torch.zeros(padded.shape, dtype=torch.bool, device=needed.device)
-        rows[padded] = needed  # the padded (batch, position) layout the model's hidden states have
+        rows[padded] = needed
 
         def keep_needed(module, args):
             hidden = args[0]
